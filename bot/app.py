@@ -1,0 +1,205 @@
+"""The Discord application: the bot class, its command tree, and start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import pkgutil
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+import cogs
+from bot.config import Settings
+from bot.errors import BotError, UserError
+from bot.jobstore import JobStore
+from bot.runtime import Runtime, open_runtime
+
+log = logging.getLogger("bot.app")
+
+# Prompts are echoed back; nothing the bot sends may ping anyone by accident.
+NO_MENTIONS = discord.AllowedMentions.none()
+HEARTBEAT_INTERVAL = 30.0
+
+
+def configure_endpoints(settings: Settings) -> None:
+    """Point discord.py at a REST proxy and/or gateway proxy (or the test emulator).
+
+    ``Route.BASE`` is also what interaction callbacks and webhook edits use, and
+    ``DEFAULT_GATEWAY`` is what a client with a known shard count connects to.
+    """
+    if settings.discord_api_base_url is not None:
+        discord.http.Route.BASE = str(settings.discord_api_base_url).rstrip("/")
+    if settings.discord_gateway_url is not None:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+class ImageTree(app_commands.CommandTree["ImageBot"]):
+    """One place where errors become messages.
+
+    Domain errors carry a sentence for the member and go back ephemerally; anything
+    else gets a short message with an error id that is logged with its traceback.
+    """
+
+    async def on_error(
+        self, interaction: discord.Interaction[ImageBot], error: app_commands.AppCommandError
+    ) -> None:
+        await report_error(interaction, error)
+
+
+async def report_error(interaction: discord.Interaction[Any], error: Exception) -> None:
+    original = getattr(error, "original", error)
+    if isinstance(original, BotError):
+        await send_ephemeral(interaction, original.user_message)
+        return
+    if isinstance(error, app_commands.CheckFailure):
+        await send_ephemeral(interaction, str(error) or "You cannot use this command here.")
+        return
+    error_id = uuid.uuid4().hex[:8]
+    command = interaction.command.qualified_name if interaction.command else interaction.type
+    log.error("error %s in %s", error_id, command, exc_info=original)
+    await send_ephemeral(
+        interaction, f"Something went wrong on the bot's side (error id `{error_id}`)."
+    )
+
+
+async def send_ephemeral(interaction: discord.Interaction[Any], content: str) -> None:
+    """Answer privately: first response, follow-up, or nothing if the token is dead."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(content, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        else:
+            await interaction.response.send_message(
+                content, ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+    except discord.HTTPException:
+        log.warning("could not send an error message for interaction %s", interaction.id)
+
+
+class ImageBot(commands.AutoShardedBot):
+    def __init__(self, runtime: Runtime, jobs: JobStore, *, sync_only: bool = False) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True  # channel NSFW flags and guild names; no message content
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=ImageTree,
+            allowed_mentions=NO_MENTIONS,
+            help_command=None,
+        )
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.jobs = jobs
+        self.sync_only = sync_only
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def connect(self, *, reconnect: bool = True) -> None:
+        # discord.py uses the URL from /gateway/bot unless the shard count is known;
+        # asking for the count ourselves keeps a configured gateway proxy in use.
+        known: int | None = self.shard_count
+        if self.settings.discord_gateway_url is not None and known is None:
+            self.shard_count, _, _ = await self.http.get_bot_gateway()
+        await super().connect(reconnect=reconnect)
+
+    async def setup_hook(self) -> None:
+        for name in discover_cogs():
+            await self.load_extension(name)
+        if self.sync_only:
+            await self.sync_commands()
+            return
+        if self.settings.dev_guild_id is not None:
+            await self.sync_commands(self.settings.dev_guild_id)
+        self.spawn(self._heartbeat(), name="heartbeat")
+
+    async def sync_commands(self, guild_id: int | None = None) -> int:
+        if guild_id is not None:
+            guild = discord.Object(id=guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+        else:
+            synced = await self.tree.sync()
+        log.info("synced %d commands to %s", len(synced), guild_id or "all guilds")
+        return len(synced)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Start a background task whose reference is kept and whose failure is logged."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            self._tasks.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("task %s failed", name, exc_info=finished.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def _heartbeat(self) -> None:
+        heartbeat = self.settings.data_dir / "heartbeat"
+        while True:
+            await asyncio.to_thread(_touch, heartbeat)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def on_ready(self) -> None:
+        log.info("logged in as %s in %d guild(s)", self.user, len(self.guilds))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await super().close()
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+
+
+def discover_cogs() -> Iterator[str]:
+    """Every module under cogs/, skipping private ones (``_name``) that are helpers."""
+    for module in pkgutil.iter_modules(cogs.__path__, prefix=f"{cogs.__name__}."):
+        if module.name.rsplit(".", 1)[-1].startswith("_"):
+            continue
+        imported = importlib.import_module(module.name)
+        if hasattr(imported, "setup"):
+            yield module.name
+
+
+@contextlib.asynccontextmanager
+async def open_bot(settings: Settings, *, sync_only: bool = False) -> AsyncIterator[ImageBot]:
+    """Shared resources first, then the bot; everything closed in reverse order."""
+    from bot.quota import open_ledger
+
+    configure_endpoints(settings)
+    async with (
+        open_ledger(settings) as ledger,
+        open_runtime(settings, ledger) as runtime,
+        JobStore.open(settings) as jobs,
+    ):
+        bot = ImageBot(runtime, jobs, sync_only=sync_only)
+        try:
+            yield bot
+        finally:
+            if not bot.is_closed():
+                await bot.close()
+
+
+async def run_bot(settings: Settings, *, sync_only: bool = False) -> int:
+    token = settings.discord_token
+    if token is None:
+        raise UserError("DISCORD_TOKEN is not set")
+    async with open_bot(settings, sync_only=sync_only) as bot:
+        if sync_only:
+            # login() runs setup_hook, which syncs and returns without connecting.
+            await bot.login(token.get_secret_value())
+            return 0
+        await bot.start(token.get_secret_value())
+    return 0

@@ -1,0 +1,514 @@
+"""The job pipeline: request → validate → reserve → provider → download → deliver → settle.
+
+It knows nothing about Discord. A ``Delivery`` (the Discord cog, the CLI's file
+writer) receives progress, the result or the failure. Credits are reserved before
+any provider call and are settled only for images that reached the person;
+every other ending refunds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import aiohttp
+
+from bot.config import Settings
+from bot.errors import (
+    BotError,
+    ImageError,
+    JobDeadlineExceeded,
+    ProviderBadResponse,
+    ProviderError,
+    UserError,
+    ValidationError,
+)
+from bot.images import ImageProcessor, ImageStore, download
+from bot.models import (
+    GenerationRequest,
+    Mode,
+    OutputRef,
+    Progress,
+    ProviderOutput,
+    ResultImage,
+    Stage,
+)
+from bot.providers.base import Provider
+from bot.quota.base import Ledger, Reservation
+
+log = logging.getLogger("bot.jobs")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One accepted request, with the provider chosen and the price fixed."""
+
+    id: str
+    request: GenerationRequest  # as validated by the chosen provider
+    original: GenerationRequest  # as the member asked; failover starts from this
+    provider: str
+    cost: int
+    unit_cost: int
+    started_at: float  # monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    job: Job
+    request: GenerationRequest  # as validated by the provider that delivered
+    provider: str
+    images: tuple[ResultImage, ...]
+    credits_charged: int
+    model: str | None = None
+    seed: int | None = None
+    provider_job_id: str | None = None
+    generation_time: float | None = None  # the provider's own figure
+    elapsed: float = 0.0  # from acceptance to download done
+    nsfw_detected: bool = False
+    # Credits left after this job is settled; None means unlimited.
+    user_remaining: int | None = None
+    guild_remaining: int | None = None
+
+
+class Delivery(Protocol):
+    """Where a job's progress and outcome go (a Discord interaction, a directory)."""
+
+    async def progress(self, job: Job, progress: Progress) -> None: ...
+
+    async def deliver(self, job: Job, result: JobResult) -> None:
+        """Hand the images to the person. Raising means they did not get them."""
+        ...
+
+    async def fail(self, job: Job | None, error: BotError) -> None:
+        """Tell the person why nothing was made. ``job`` is None before acceptance."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    job: Job | None
+    result: JobResult | None = None
+    error: BotError | None = None
+    duplicate: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+
+class ProviderSlots:
+    """A FIFO limit on calls in flight to one provider, reporting queue positions.
+
+    ModelsLab refuses past 5/10/15 queued requests by plan, so waiting here is
+    cheaper and fairer than collecting 429s.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._watchers: dict[asyncio.Future[None], Callable[[int], Awaitable[None]]] = {}
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    @contextlib.asynccontextmanager
+    async def slot(
+        self, on_position: Callable[[int], Awaitable[None]] | None = None
+    ) -> AsyncIterator[None]:
+        await self._acquire(on_position)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, on_position: Callable[[int], Awaitable[None]] | None) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if on_position is not None:
+            self._watchers[waiter] = on_position
+            await on_position(len(self._waiters))
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                # We were handed a slot just as we were cancelled: pass it on.
+                self._release()
+            else:
+                self._waiters.remove(waiter)
+                self._notify_positions()
+            raise
+        finally:
+            self._watchers.pop(waiter, None)
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._notify_positions()
+                return
+        self._free += 1
+
+    def _notify_positions(self) -> None:
+        for position, waiter in enumerate(self._waiters, start=1):
+            watcher = self._watchers.get(waiter)
+            if watcher is not None:
+                _spawn(watcher(position))
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Awaitable[None]) -> None:
+    """Run a progress notification without making the releaser wait for it."""
+
+    async def guarded() -> None:
+        try:
+            await coro
+        except Exception:
+            log.exception("progress notification failed")
+
+    task = asyncio.get_running_loop().create_task(guarded())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+@dataclass
+class _Attempt:
+    provider: Provider
+    request: GenerationRequest
+    unit_cost: int
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    providers: Mapping[str, Provider]
+    ledger: Ledger
+    images: ImageProcessor
+    store: ImageStore
+    session: aiohttp.ClientSession
+    slots: dict[str, ProviderSlots] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        limits = {
+            "modelslab": self.settings.modelslab_max_queued,
+            "nanobanana": self.settings.nanobanana_concurrency,
+        }
+        for name in self.providers:
+            self.slots.setdefault(name, ProviderSlots(limits.get(name, 5)))
+
+    # --- choosing and pricing (no network) ---------------------------------
+    def choose_provider(self, request: GenerationRequest) -> Provider:
+        if not self.providers:
+            raise UserError("No image provider is configured on this bot; ask its operator.")
+        if request.provider is not None:
+            provider = self.providers.get(request.provider)
+            if provider is None:
+                raise ValidationError(
+                    "provider",
+                    f"provider must be one of {', '.join(self.providers)} "
+                    f"(got {request.provider}).",
+                )
+            if not provider.capabilities.supports(request.mode):
+                raise ValidationError(
+                    "provider",
+                    f"{request.provider} cannot do {request.mode.value}; "
+                    f"use {', '.join(self._supporting(request.mode)) or 'another mode'}.",
+                )
+            return provider
+        preferred = self.settings.provider_for(request.mode)
+        if preferred is not None and preferred in self.providers:
+            return self.providers[preferred]
+        for name in self._supporting(request.mode):
+            return self.providers[name]
+        raise UserError(f"No configured provider can do {request.mode.value} here.")
+
+    def _supporting(self, mode: Mode) -> list[str]:
+        return [n for n, p in self.providers.items() if p.capabilities.supports(mode)]
+
+    def price(self, provider: Provider, request: GenerationRequest) -> int:
+        """Credits for one image of a validated request."""
+        tier = provider.cost_tier(request)
+        return self.settings.costs[tier]
+
+    def prepare(self, request: GenerationRequest) -> Job:
+        """Validate and price a request; raises UserError before anything is spent."""
+        provider = self.choose_provider(request)
+        validated = provider.validate(request)
+        unit = self.price(provider, validated)
+        return Job(
+            id=uuid.uuid4().hex,
+            request=validated,
+            original=request,
+            provider=provider.name,
+            cost=unit * validated.samples,
+            unit_cost=unit,
+            started_at=time.monotonic(),
+        )
+
+    # --- running -------------------------------------------------------------
+    async def run(
+        self,
+        request: GenerationRequest,
+        delivery: Delivery,
+        *,
+        admit: Callable[[Job], Awaitable[bool]] | None = None,
+    ) -> JobOutcome:
+        """Run one request to its end. ``admit`` records the job before anything is
+        spent and returns False for a duplicate (same idempotency key), which then
+        stops here without a word: the first copy is already being handled."""
+        try:
+            job = self.prepare(request)
+        except BotError as error:
+            await _tell_failure(delivery, None, error)
+            return JobOutcome(job=None, error=error)
+        if admit is not None and not await admit(job):
+            log.info("job for key %s is a duplicate; ignored", request.idempotency_key)
+            return JobOutcome(job=None, duplicate=True)
+
+        try:
+            reservation = await self.ledger.reserve(
+                job.request.requester.guild_id,
+                job.request.requester.user_id,
+                job.request.requester.roles,
+                job.cost,
+                job.request.idempotency_key or job.id,
+                channel_id=job.request.requester.channel_id,
+                job_id=job.id,
+                prompt=job.request.prompt,
+                mode=job.request.mode.value,
+            )
+        except BotError as error:
+            await _tell_failure(delivery, job, error)
+            return JobOutcome(job=job, error=error)
+        if reservation.replayed:
+            # The key already paid (or was refunded) for a job: never run it twice.
+            log.info("job for key %s was already reserved; ignored", request.idempotency_key)
+            return JobOutcome(job=None, duplicate=True)
+
+        return await self._run_reserved(job, reservation, delivery)
+
+    async def _run_reserved(
+        self, job: Job, reservation: Reservation, delivery: Delivery
+    ) -> JobOutcome:
+        try:
+            result = await self._produce(job, delivery)
+            charged = min(result.credits_charged, reservation.cost)
+            result = replace(
+                result,
+                credits_charged=charged,
+                user_remaining=_after_settle(reservation.user_remaining, reservation.cost, charged),
+                guild_remaining=_after_settle(
+                    reservation.guild_remaining, reservation.cost, charged
+                ),
+            )
+            await _report(delivery, job, Progress(stage=Stage.DELIVERING))
+            await delivery.deliver(job, result)
+            log.info(
+                "job %s delivered %d image(s) by %s for %d credit(s)",
+                job.id,
+                len(result.images),
+                result.provider,
+                charged,
+            )
+        except BotError as error:
+            log.info("job %s failed: %s", job.id, type(error).__name__)
+            await self._refund(reservation, f"{type(error).__name__}: {error.user_message}")
+            await _tell_failure(delivery, job, error)
+            return JobOutcome(job=job, error=error)
+        except asyncio.CancelledError:
+            await self._refund(reservation, "cancelled")
+            raise
+        except Exception as exc:
+            log.exception("job %s failed unexpectedly", job.id)
+            await self._refund(reservation, f"internal error: {type(exc).__name__}")
+            internal = BotError("Something went wrong on the bot's side; nothing was charged.")
+            await _tell_failure(delivery, job, internal)
+            return JobOutcome(job=job, error=internal)
+        # The person has the images: a failing settle must not be reported as a
+        # failed job; the reservation stays for the next settle attempt or sweep.
+        try:
+            await asyncio.shield(self.ledger.settle(reservation, charged))
+        except Exception:
+            log.exception("job %s: settling reservation %s failed", job.id, reservation.id)
+        return JobOutcome(job=job, result=result)
+
+    async def _refund(self, reservation: Reservation, reason: str) -> None:
+        # A refund must not be skipped because the task is being cancelled.
+        try:
+            await asyncio.shield(self.ledger.refund(reservation, reason))
+        except Exception:
+            log.exception("refund of reservation %s failed; the sweep will retry", reservation.id)
+
+    async def _produce(self, job: Job, delivery: Delivery) -> JobResult:
+        attempts = [
+            _Attempt(self.providers[job.provider], job.request, job.unit_cost),
+            *self._failover_candidates(job),
+        ]
+        last_error: ProviderError | None = None
+        try:
+            async with asyncio.timeout(self.settings.job_deadline):
+                for attempt in attempts:
+                    if last_error is not None:
+                        log.warning(
+                            "job %s: %s failed (%s); failing over to %s",
+                            job.id,
+                            last_error.provider,
+                            type(last_error).__name__,
+                            attempt.provider.name,
+                        )
+                    try:
+                        return await self._attempt(job, attempt, delivery)
+                    except ProviderError as error:
+                        if not error.retryable:
+                            raise
+                        last_error = error
+        except TimeoutError:
+            raise JobDeadlineExceeded(
+                "The image took too long to make, so the job was stopped; "
+                "nothing was charged. Please try again.",
+                provider=job.provider,
+            ) from None
+        assert last_error is not None
+        raise last_error
+
+    def _failover_candidates(self, job: Job) -> list[_Attempt]:
+        if not self.settings.failover or job.original.provider is not None:
+            return []  # the member chose this provider
+        candidates = []
+        for name, provider in self.providers.items():
+            if name == job.provider or not provider.capabilities.supports(job.request.mode):
+                continue
+            try:
+                request = provider.validate(job.original)
+            except UserError:
+                continue  # the other provider cannot take this exact request
+            candidates.append(_Attempt(provider, request, self.price(provider, request)))
+        return candidates
+
+    async def _attempt(self, job: Job, attempt: _Attempt, delivery: Delivery) -> JobResult:
+        provider = attempt.provider
+
+        async def on_position(position: int) -> None:
+            await _report(delivery, job, Progress(stage=Stage.QUEUED, queue_position=position))
+
+        async def on_progress(progress: Progress) -> None:
+            await _report(delivery, job, progress)
+
+        async with self.slots[provider.name].slot(on_position):
+            await _report(delivery, job, Progress(stage=Stage.SUBMITTING))
+            output = await provider.generate(attempt.request, on_progress)
+
+        await _report(
+            delivery,
+            job,
+            Progress(stage=Stage.DOWNLOADING, provider_job_id=output.provider_job_id),
+        )
+        images = await self._collect(job, output)
+        return JobResult(
+            job=job,
+            request=attempt.request,
+            provider=provider.name,
+            images=images,
+            credits_charged=attempt.unit_cost * len(images),
+            model=output.model,
+            seed=output.seed if output.seed is not None else attempt.request.seed,
+            provider_job_id=output.provider_job_id,
+            generation_time=output.generation_time,
+            elapsed=time.monotonic() - job.started_at,
+            nsfw_detected=output.nsfw_detected,
+        )
+
+    async def _collect(self, job: Job, output: ProviderOutput) -> tuple[ResultImage, ...]:
+        """Download and keep every result; images that fail are dropped, not charged."""
+        fetched = await asyncio.gather(
+            *(self._fetch_one(output.provider, ref) for ref in output.outputs),
+            return_exceptions=True,
+        )
+        images: list[ResultImage] = []
+        first_error: BaseException | None = None
+        for index, item in enumerate(fetched, start=1):
+            if isinstance(item, BaseException):
+                if not isinstance(item, BotError):
+                    raise item
+                log.warning("job %s: result %d unusable: %s", job.id, index, item.user_message)
+                first_error = first_error or item
+                continue
+            images.append(await self.store.save(job.id, index, item))
+        if images:
+            return tuple(images)
+        if isinstance(first_error, ProviderError):
+            raise first_error
+        raise ProviderBadResponse(
+            "The provider's result could not be read, so nothing was charged. Please try again.",
+            provider=output.provider,
+            retryable=False,
+        )
+
+    async def _fetch_one(self, provider: str, ref: OutputRef) -> ResultImage:
+        if ref.data is not None:
+            data = ref.data
+        elif ref.url is not None:
+            data = await download(
+                self.session,
+                ref.url,
+                max_bytes=self.settings.download_max_bytes,
+                timeout=self.settings.download_timeout,
+                allow_loopback=self.settings.download_allow_loopback,
+                provider=provider,
+            )
+        else:
+            raise ProviderBadResponse(
+                "The provider returned an empty result.", provider=provider, retryable=False
+            )
+        try:
+            return await self.images.decode_result(data, source_url=ref.url)
+        except ImageError as error:
+            raise ProviderBadResponse(
+                error.user_message, provider=provider, retryable=False
+            ) from None
+
+
+def _after_settle(remaining: int | None, reserved: int, charged: int) -> int | None:
+    return None if remaining is None else remaining + (reserved - charged)
+
+
+async def _report(delivery: Delivery, job: Job, progress: Progress) -> None:
+    # A progress message that cannot be shown must never fail the job.
+    try:
+        await delivery.progress(job, progress)
+    except Exception:
+        log.warning("job %s: progress update failed", job.id, exc_info=True)
+
+
+async def _tell_failure(delivery: Delivery, job: Job | None, error: BotError) -> None:
+    try:
+        await delivery.fail(job, error)
+    except Exception:
+        log.exception("could not tell the requester that job %s failed", job and job.id)
+
+
+def summarise_references(request: GenerationRequest) -> Sequence[dict[str, object]]:
+    """The references of a request without their bytes, for logs and result.json."""
+    return [
+        {
+            "url": ref.url,
+            "filename": ref.filename,
+            "mime": ref.mime,
+            "width": ref.width,
+            "height": ref.height,
+        }
+        for ref in request.references
+    ]

@@ -1,0 +1,274 @@
+"""Accepted jobs in SQLite, so buttons on a result work after a restart."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.config import Settings
+from bot.migrate import apply_migrations, prepare_connection
+from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    """Where result image N of a job can be had again."""
+
+    index: int
+    mime: str
+    width: int
+    height: int
+    url: str | None = None  # the Discord attachment (or provider) URL
+    path: str | None = None  # the original under DATA_DIR, while retained
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: str
+    guild_id: str
+    channel_id: str | None
+    user_id: str
+    provider: str
+    request: GenerationRequest
+    status: str
+    cost: int
+    charged: int | None
+    seed: int | None
+    images: tuple[StoredImage, ...]
+    message_id: str | None
+    created_at: datetime
+
+    def image(self, index: int) -> StoredImage | None:
+        return next((image for image in self.images if image.index == index), None)
+
+
+def request_to_json(request: GenerationRequest) -> str:
+    """Everything needed to run the request again, minus image bytes."""
+    return json.dumps(
+        {
+            "mode": request.mode.value,
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "references": [
+                {
+                    "url": ref.url,
+                    "mime": ref.mime,
+                    "width": ref.width,
+                    "height": ref.height,
+                    "filename": ref.filename,
+                }
+                for ref in request.references
+            ],
+            "provider": request.provider,
+            "model": request.model,
+            "samples": request.samples,
+            "seed": request.seed,
+            "width": request.width,
+            "height": request.height,
+            "aspect_ratio": request.aspect_ratio,
+            "size": request.size,
+            "safety_checker": request.safety_checker,
+            "options": dict(request.options),
+            "requester": {
+                "guild_id": request.requester.guild_id,
+                "user_id": request.requester.user_id,
+                "roles": list(request.requester.roles),
+                "channel_id": request.requester.channel_id,
+            },
+        }
+    )
+
+
+def request_from_json(text: str) -> GenerationRequest:
+    data: dict[str, Any] = json.loads(text)
+    requester = data.get("requester") or {}
+    return GenerationRequest(
+        mode=Mode(data["mode"]),
+        prompt=data["prompt"],
+        negative_prompt=data.get("negative_prompt"),
+        references=tuple(
+            ReferenceImage(
+                data=None,
+                url=ref.get("url"),
+                mime=ref.get("mime"),
+                width=ref.get("width"),
+                height=ref.get("height"),
+                filename=ref.get("filename") or "image",
+            )
+            for ref in data.get("references", [])
+        ),
+        provider=data.get("provider"),
+        model=data.get("model"),
+        samples=int(data.get("samples", 1)),
+        seed=data.get("seed"),
+        width=data.get("width"),
+        height=data.get("height"),
+        aspect_ratio=data.get("aspect_ratio"),
+        size=data.get("size"),
+        safety_checker=data.get("safety_checker"),
+        options=data.get("options") or {},
+        requester=Requester(
+            guild_id=str(requester.get("guild_id", "local")),
+            user_id=str(requester.get("user_id", "local")),
+            roles=tuple(requester.get("roles", ())),
+            channel_id=requester.get("channel_id"),
+        ),
+    )
+
+
+class JobStore:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[JobStore]:
+        async with cls.connect(settings.sqlite_path) as store:
+            yield store
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, path: Path) -> AsyncIterator[JobStore]:
+        async with aiosqlite.connect(path, isolation_level=None) as conn:
+            await prepare_connection(conn)
+            await apply_migrations(conn)
+            yield cls(conn)
+
+    async def record_accepted(
+        self, job_id: str, request: GenerationRequest, provider: str, cost: int
+    ) -> bool:
+        """Record a job; False when its idempotency key (interaction id) is already
+        taken, i.e. a duplicate event or a double click."""
+        now = _now()
+        cursor = await self._conn.execute(
+            "INSERT OR IGNORE INTO jobs (id, idempotency_key, guild_id, channel_id, user_id,"
+            " mode, provider, request_json, status, cost, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)",
+            (
+                job_id,
+                request.idempotency_key or job_id,
+                request.requester.guild_id,
+                request.requester.channel_id,
+                request.requester.user_id,
+                request.mode.value,
+                provider,
+                request_to_json(request),
+                cost,
+                now,
+                now,
+            ),
+        )
+        return cursor.rowcount == 1
+
+    async def mark_delivered(
+        self,
+        job_id: str,
+        *,
+        charged: int,
+        seed: int | None,
+        images: Sequence[StoredImage],
+        message_id: str | None,
+    ) -> None:
+        await self._conn.execute(
+            "UPDATE jobs SET status = 'delivered', charged = ?, seed = ?, images_json = ?,"
+            " message_id = ?, updated_at = ? WHERE id = ?",
+            (
+                charged,
+                seed,
+                json.dumps([_image_to_dict(image) for image in images]),
+                message_id,
+                _now(),
+                job_id,
+            ),
+        )
+
+    async def mark_failed(self, job_id: str, reason: str) -> None:
+        await self._conn.execute(
+            "UPDATE jobs SET status = 'failed', error = ?, updated_at = ? WHERE id = ?",
+            (reason[:500], _now(), job_id),
+        )
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        rows = list(
+            await self._conn.execute_fetchall(
+                "SELECT id, guild_id, channel_id, user_id, provider, request_json, status, cost,"
+                " charged, seed, images_json, message_id, created_at FROM jobs WHERE id = ?",
+                (job_id,),
+            )
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        images = tuple(StoredImage(**item) for item in json.loads(row[10] or "[]"))
+        return JobRecord(
+            id=row[0],
+            guild_id=row[1],
+            channel_id=row[2],
+            user_id=row[3],
+            provider=row[4],
+            request=request_from_json(row[5]),
+            status=row[6],
+            cost=row[7],
+            charged=row[8],
+            seed=row[9],
+            images=images,
+            message_id=row[11],
+            created_at=datetime.fromisoformat(row[12]),
+        )
+
+    async def allowed_channels(self, guild_id: str) -> set[str]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT channel_id FROM guild_channels WHERE guild_id = ?", (guild_id,)
+        )
+        return {str(row[0]) for row in rows}
+
+    async def allow_channel(self, guild_id: str, channel_id: str, by: str) -> None:
+        await self._conn.execute(
+            "INSERT OR IGNORE INTO guild_channels (guild_id, channel_id, added_by, added_at)"
+            " VALUES (?, ?, ?, ?)",
+            (guild_id, channel_id, by, _now()),
+        )
+
+    async def disallow_channel(self, guild_id: str, channel_id: str) -> None:
+        await self._conn.execute(
+            "DELETE FROM guild_channels WHERE guild_id = ? AND channel_id = ?",
+            (guild_id, channel_id),
+        )
+
+    async def log_channel(self, guild_id: str) -> str | None:
+        rows = list(
+            await self._conn.execute_fetchall(
+                "SELECT log_channel_id FROM guild_settings WHERE guild_id = ?", (guild_id,)
+            )
+        )
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def set_log_channel(self, guild_id: str, channel_id: str | None) -> None:
+        await self._conn.execute(
+            "INSERT INTO guild_settings (guild_id, log_channel_id, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (guild_id) DO UPDATE SET log_channel_id = excluded.log_channel_id,"
+            " updated_at = excluded.updated_at",
+            (guild_id, channel_id, _now()),
+        )
+
+
+def _image_to_dict(image: StoredImage) -> dict[str, Any]:
+    return {
+        "index": image.index,
+        "mime": image.mime,
+        "width": image.width,
+        "height": image.height,
+        "url": image.url,
+        "path": image.path,
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()

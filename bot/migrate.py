@@ -1,0 +1,175 @@
+"""Schema migrations for the SQLite database: ``bot/migrations/NNN_name.sql``.
+
+Files are applied in number order, each in its own ``BEGIN IMMEDIATE``
+transaction together with its row in ``schema_migrations``, so a crash leaves
+either all of a migration or none of it, and several processes starting at once
+apply each file exactly once (the second one waits for the lock, then sees the
+row). A database from an older version therefore upgrades in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiosqlite
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+_NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
+
+logger = logging.getLogger("bot.migrate")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """Read and order the migration files; refuse gaps and duplicate numbers.
+
+    Blocking file reads: call it from a thread when an event loop is running.
+    """
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if match is None:
+            raise ValueError(f"migration file name not NNN_name.sql: {path.name}")
+        version = int(match.group(1))
+        if version in found:
+            raise ValueError(f"two migrations numbered {version:03d}: {path.name}")
+        found[version] = Migration(version, path.stem, path.read_text(encoding="utf-8"))
+    versions = sorted(found)
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"migration numbers must run 001, 002, ... without gaps: {versions}")
+    return [found[v] for v in versions]
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split a script into statements.
+
+    ``executescript`` would commit behind our back, which breaks applying a file
+    and its ``schema_migrations`` row atomically, so statements run one by one.
+    """
+    statements: list[str] = []
+    buffer = ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statement = buffer.strip()
+            if statement and statement != ";":
+                statements.append(statement)
+            buffer = ""
+    rest = "\n".join(
+        line for line in buffer.splitlines() if line.strip() and not line.strip().startswith("--")
+    )
+    if rest.strip():
+        raise ValueError(f"incomplete SQL statement at end of migration: {rest.strip()[:60]!r}")
+    return statements
+
+
+async def prepare_connection(conn: aiosqlite.Connection, *, busy_timeout_ms: int = 30_000) -> None:
+    """Settings every connection to the shared file needs, WAL first of all.
+
+    Use it for any connection to the bot's database: several processes (the
+    bot, an operator's CLI) open the same file, possibly at the same moment.
+    """
+    # busy_timeout first: switching to WAL needs a lock another process may be
+    # holding at this moment.
+    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    await enable_wal(conn, patience=busy_timeout_ms / 1000)
+    # NORMAL in WAL mode survives a crash of the process (not a power cut) and
+    # spares an fsync per transaction.
+    await conn.execute("PRAGMA synchronous = NORMAL")
+    await conn.execute("PRAGMA foreign_keys = ON")
+
+
+async def enable_wal(conn: aiosqlite.Connection, *, patience: float = 30.0) -> None:
+    """Put the file in WAL mode.
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite reports
+    "database is locked" at once, without calling the busy handler, when another
+    process is opening the same file at that moment: so retry for a while.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    delay = 0.01
+    while True:
+        try:
+            rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or loop.time() > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            continue
+        mode = str(rows[0][0]).lower() if rows else ""
+        if mode != "wal":
+            logger.warning("SQLite journal mode is %r, not WAL; is the file system local?", mode)
+        return
+
+
+async def applied_versions(conn: aiosqlite.Connection) -> list[int]:
+    rows = await conn.execute_fetchall(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    )
+    if not list(rows):
+        return []
+    rows = await conn.execute_fetchall("SELECT version FROM schema_migrations ORDER BY version")
+    return [int(row[0]) for row in rows]
+
+
+async def apply_migrations(
+    conn: aiosqlite.Connection,
+    *,
+    directory: Path = MIGRATIONS_DIR,
+    upto: int | None = None,
+    migrations: list[Migration] | None = None,
+) -> list[int]:
+    """Apply pending migrations (up to ``upto``) and return the versions applied.
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``) so that the
+    explicit ``BEGIN IMMEDIATE`` here is the only transaction.
+    """
+    if migrations is None:
+        migrations = await asyncio.to_thread(load_migrations, directory)
+    applied: list[int] = []
+    for migration in migrations:
+        if upto is not None and migration.version > upto:
+            break
+        statements = split_statements(migration.sql)
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL,"
+                " applied_at TEXT NOT NULL)"
+            )
+            rows = await conn.execute_fetchall(
+                "SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)
+            )
+            if list(rows):
+                await conn.execute("COMMIT")
+                continue
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, datetime.now(UTC).isoformat()),
+            )
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        logger.info("applied migration %s", migration.name)
+        applied.append(migration.version)
+    return applied

@@ -1,0 +1,352 @@
+"""Nano Banana Pro: ``POST {base}/api/ai/nano-banana/generate``, one image per call.
+
+The call is synchronous (the answer carries the finished image), so it gets the
+long ``nanobanana_timeout`` and no polling. References travel as JSON URLs when
+the operator chose ``url`` transport and every reference has one; otherwise as
+multipart uploads, each first fitted under the plan's per-image byte limit by
+``ImageProcessor.fit_reference`` (a large Discord attachment is downscaled or
+re-encoded, never refused when it could fit).
+
+Choices made where the docs leave room:
+
+* Default ``size`` is ``1k``: the cheapest tier and the fastest; members ask for
+  2k/4k explicitly.
+* No ``aspectRatio`` is sent unless asked for, so the service keeps its own
+  default (and, for edits, can follow the reference). ``width``/``height`` are
+  accepted and turned into the aspect ratio they match (within 5%); other pixel
+  sizes are rejected naming the ratios.
+* The API has no negative prompt, seed, model or extra options: asking for one
+  is a ``ValidationError`` naming it, rather than silently dropping it or
+  folding a negative prompt into the prompt (which can invert its meaning).
+* ``safety_checker`` has no equivalent parameter; the service applies its own
+  filtering, so the request proceeds either way.
+* Prompts are capped at 4000 characters: ample for the detailed prompts the
+  docs recommend, bounded for request size and logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from dataclasses import replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from bot.config import Settings
+from bot.errors import ValidationError
+from bot.models import (
+    GenerationRequest,
+    Mode,
+    OutputRef,
+    Progress,
+    ProgressCallback,
+    ProviderOutput,
+    ReferenceImage,
+    Stage,
+)
+from bot.providers._http import REDACTED, HttpResponse, ProviderHttp, parse_retry_after
+from bot.providers.base import ASPECT_RATIOS, Capabilities
+from bot.providers.validation import (
+    check_choice,
+    check_common,
+    check_int,
+    check_options,
+    nearest_aspect_ratio,
+)
+
+if TYPE_CHECKING:
+    from bot.images import ImageProcessor
+
+log = logging.getLogger(__name__)
+
+NAME = "nanobanana"
+DISPLAY_NAME = "Nano Banana Pro"
+GENERATE_PATH = "/api/ai/nano-banana/generate"
+MAX_PROMPT_LENGTH = 4000
+ALL_SIZES: tuple[str, ...] = ("1k", "2k", "4k")
+DEFAULT_SIZE = "1k"
+
+
+def build_capabilities(settings: Settings) -> Capabilities:
+    """What Nano Banana Pro can do with this bot's plan settings."""
+    max_refs = settings.nanobanana_max_references
+    modes = (Mode.TEXT, Mode.EDIT, Mode.BLEND) if max_refs >= 2 else (Mode.TEXT, Mode.EDIT)
+    limits = {Mode.TEXT: (0, 0), Mode.EDIT: (1, 1)}
+    if max_refs >= 2:
+        limits[Mode.BLEND] = (2, max_refs)
+    return Capabilities(
+        provider=NAME,
+        modes=modes,
+        reference_limits=MappingProxyType(limits),
+        max_samples=1,
+        seed_range=(0, 0),  # no seed parameter; validate() rejects one outright
+        size_tiers=ALL_SIZES if settings.nanobanana_allow_4k else ALL_SIZES[:2],
+        aspect_ratios=ASPECT_RATIOS,
+        models=(),
+        options=MappingProxyType({}),
+        max_reference_bytes=settings.nanobanana_max_image_bytes,
+    )
+
+
+class NanoBananaProvider:
+    """Nano Banana Pro behind the ``Provider`` protocol."""
+
+    name = NAME
+    display_name = DISPLAY_NAME
+    max_prompt_length = MAX_PROMPT_LENGTH
+
+    def __init__(
+        self, settings: Settings, session: aiohttp.ClientSession, images: ImageProcessor
+    ) -> None:
+        key = settings.nanobanana_api_key
+        if key is None or not key.get_secret_value():
+            raise ValueError("NanoBananaProvider needs NANOBANANA_API_KEY")
+        self._key = key
+        self._settings = settings
+        self._images = images
+        self._url = str(settings.nanobanana_base_url).rstrip("/") + GENERATE_PATH
+        self.capabilities = build_capabilities(settings)
+        self._http = ProviderHttp(
+            provider=NAME,
+            display_name=DISPLAY_NAME,
+            session=session,
+            secret=key,
+            connect_timeout=settings.http_connect_timeout,
+            retry_attempts=settings.retry_attempts,
+            backoff_max=settings.retry_backoff_max,
+        )
+
+    def __repr__(self) -> str:
+        return f"NanoBananaProvider(url={self._url!r}, key={REDACTED})"
+
+    # --- validation -----------------------------------------------------------
+    def validate(self, request: GenerationRequest) -> GenerationRequest:
+        unsupported = (
+            ("negative_prompt", request.negative_prompt, "does not take a negative prompt"),
+            ("seed", request.seed, "does not take a seed"),
+            ("model", request.model, "has no model choice"),
+        )
+        for option, value, why in unsupported:
+            if value is not None and value != "":
+                raise ValidationError(option, f"{DISPLAY_NAME} {why}; remove {option}.")
+        checked = check_common(
+            self.capabilities,
+            replace(request, negative_prompt=None),
+            display_name=DISPLAY_NAME,
+            max_prompt_length=MAX_PROMPT_LENGTH,
+        )
+        aspect = self._aspect_from_pixels(checked)
+        size = self._check_size(checked.size)
+        check_options(self.capabilities, checked.mode, checked.options)
+        self._check_references(checked.references)
+        # The default size stays None (cost_tier and the body read it as 1k) so a
+        # request validated here can be re-validated by ModelsLab on failover.
+        return replace(
+            checked,
+            size=None if checked.size is None else size,
+            aspect_ratio=aspect,
+            width=None,
+            height=None,
+            options=MappingProxyType({}),
+        )
+
+    def _aspect_from_pixels(self, request: GenerationRequest) -> str | None:
+        """Width and height become the aspect ratio they describe: the API sizes by
+        tier and ratio only. Pixel sizes come from members used to ModelsLab and
+        from requests ModelsLab validated before a failover."""
+        if request.width is None and request.height is None:
+            return request.aspect_ratio
+        if request.width is None or request.height is None:
+            option = "height" if request.width is not None else "width"
+            raise ValidationError(
+                option,
+                f"{DISPLAY_NAME} is sized by size and aspect_ratio; give both width and "
+                "height, or an aspect_ratio.",
+            )
+        width = check_int("width", request.width, 1, 100_000)
+        height = check_int("height", request.height, 1, 100_000)
+        nearest = nearest_aspect_ratio(width, height, self.capabilities.aspect_ratios)
+        if nearest is None or (request.aspect_ratio not in (None, nearest)):
+            raise ValidationError(
+                "aspect_ratio",
+                f"{DISPLAY_NAME} is sized by size ({', '.join(self.capabilities.size_tiers)}) "
+                f"and aspect_ratio ({', '.join(self.capabilities.aspect_ratios)}); "
+                f"{width}×{height} matches none of them"
+                + (f" or differs from {request.aspect_ratio}." if request.aspect_ratio else "."),
+            )
+        return nearest
+
+    def _check_size(self, size: str | None) -> str:
+        if size is None:
+            return DEFAULT_SIZE
+        value = check_choice("size", size, ALL_SIZES)
+        if value not in self.capabilities.size_tiers:
+            raise ValidationError(
+                "size",
+                f"size {value} needs a {DISPLAY_NAME} plan with 4K generation (Standard or "
+                f"Pro); this bot's plan does not include it. Choose "
+                f"{' or '.join(self.capabilities.size_tiers)}.",
+            )
+        return value
+
+    def _check_references(self, refs: tuple[ReferenceImage, ...]) -> None:
+        uploading = self._uploads(refs)
+        for index, ref in enumerate(refs, start=1):
+            if uploading and not ref.data:
+                why = (
+                    "is only a link while the others are uploads; attach every image or "
+                    "give every image as a link"
+                    if ref.url
+                    else "has neither image data to upload nor a link; attach the image again"
+                )
+                raise ValidationError("references", f"Reference image {index} {why}.")
+
+    def _uploads(self, refs: tuple[ReferenceImage, ...]) -> bool:
+        """Multipart unless URL transport is chosen and every reference has a URL.
+        With upload transport, references known only by URL still go as URLs: there
+        are no bytes to upload, and the service can fetch them itself."""
+        if not refs:
+            return False
+        by_url = self._settings.nanobanana_reference_transport == "url" or not all(
+            ref.data for ref in refs
+        )
+        return not (by_url and all(ref.url for ref in refs))
+
+    def cost_tier(self, request: GenerationRequest) -> str:
+        return f"nbpro_{request.size or DEFAULT_SIZE}"
+
+    # --- the call -------------------------------------------------------------
+    def _json_body(self, request: GenerationRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {"prompt": request.prompt, "size": request.size or DEFAULT_SIZE}
+        if request.aspect_ratio:
+            body["aspectRatio"] = request.aspect_ratio
+        urls = [ref.url for ref in request.references]
+        if len(urls) == 1:
+            body["image"] = urls[0]
+        elif urls:
+            body["image"] = urls
+        return body
+
+    def _form(
+        self, request: GenerationRequest, refs: tuple[ReferenceImage, ...]
+    ) -> aiohttp.FormData:
+        form = aiohttp.FormData()
+        form.add_field("prompt", request.prompt)
+        form.add_field("size", request.size or DEFAULT_SIZE)
+        if request.aspect_ratio:
+            form.add_field("aspectRatio", request.aspect_ratio)
+        for index, ref in enumerate(refs, start=1):
+            assert ref.data is not None
+            form.add_field(
+                "image",
+                ref.data,
+                filename=_filename(ref, index),
+                content_type=ref.mime or "application/octet-stream",
+            )
+        return form
+
+    async def generate(
+        self, request: GenerationRequest, on_progress: ProgressCallback
+    ) -> ProviderOutput:
+        settings = self._settings
+        headers = {"Authorization": f"Bearer {self._key.get_secret_value()}"}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout_at(started + settings.job_deadline):
+                if self._uploads(request.references):
+                    limit = settings.nanobanana_max_image_bytes
+                    fitted = tuple(
+                        await asyncio.gather(
+                            *(self._images.fit_reference(ref, limit) for ref in request.references)
+                        )
+                    )
+
+                    async def attempt() -> HttpResponse:
+                        # A FormData is consumed by sending: build one per attempt.
+                        return await self._http.post(
+                            self._url,
+                            form=self._form(request, fitted),
+                            headers=headers,
+                            time_limit=settings.nanobanana_timeout,
+                        )
+                else:
+                    body = self._json_body(request)
+
+                    async def attempt() -> HttpResponse:
+                        return await self._http.post(
+                            self._url,
+                            json_body=body,
+                            headers=headers,
+                            time_limit=settings.nanobanana_timeout,
+                        )
+
+                await self._report(on_progress)
+
+                async def call() -> ProviderOutput:
+                    return self._interpret(await attempt())
+
+                output = await self._http.with_retries(call, what="generate", retry_timeouts=False)
+        except TimeoutError:
+            raise self._http.deadline_exceeded(settings.job_deadline) from None
+        return replace(output, generation_time=round(loop.time() - started, 3))
+
+    async def _report(self, on_progress: ProgressCallback) -> None:
+        try:
+            await on_progress(Progress(stage=Stage.PROCESSING))
+        except Exception:
+            # A progress message failing (Discord hiccup) must not lose a paid job.
+            log.warning("progress callback failed", exc_info=True)
+
+    def _interpret(self, response: HttpResponse) -> ProviderOutput:
+        data = response.data
+        if not isinstance(data, dict):
+            raise self._http.error_for_status_only(response)
+        error = data.get("error")
+        if error not in (None, "", False) or response.status >= 400:
+            if isinstance(error, dict):
+                error = error.get("message") or error
+            retry_after = parse_retry_after(data.get("retry_after"))
+            if retry_after is None:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise self._http.error_for(
+                response.status, error or data.get("message") or "", retry_after=retry_after
+            )
+        images = data.get("images")
+        if not isinstance(images, list) or not images:
+            raise self._http.bad_response("success without images", status=response.status)
+        outputs = tuple(self._output_ref(item, response.status) for item in images)
+        model = data.get("model")
+        job_id = data.get("id")
+        return ProviderOutput(
+            provider=NAME,
+            outputs=outputs,
+            model=model if isinstance(model, str) and model else None,
+            provider_job_id=str(job_id) if job_id not in (None, "") else None,
+        )
+
+    def _output_ref(self, item: Any, status: int) -> OutputRef:
+        url = item.get("url") if isinstance(item, dict) else item
+        if isinstance(url, str) and url.strip().startswith(("https://", "http://")):
+            return OutputRef(url=url.strip())
+        encoded = item.get("b64_json") if isinstance(item, dict) else None
+        if isinstance(encoded, str) and encoded:
+            try:
+                return OutputRef(data=base64.b64decode(encoded, validate=True))
+            except (binascii.Error, ValueError):
+                pass
+        raise self._http.bad_response("image entry without a usable url", status=status)
+
+
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
+
+
+def _filename(ref: ReferenceImage, index: int) -> str:
+    """A safe upload name whose extension matches the (possibly re-encoded) bytes."""
+    ext = _EXTENSIONS.get(ref.mime or "", "bin")
+    stem = "".join(ch for ch in ref.filename.rsplit(".", 1)[0] if ch.isalnum() or ch in "-_")
+    return f"{stem[:40] or 'image'}-{index}.{ext}"

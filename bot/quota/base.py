@@ -1,0 +1,104 @@
+"""The ledger interface the job pipeline calls. No discord.py types."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Credits held for one job until it is settled or refunded."""
+
+    id: str
+    guild_id: str
+    user_id: str
+    cost: int
+    idempotency_key: str
+    created_at: datetime
+    # What is left after this hold; None means unlimited.
+    user_remaining: int | None = None
+    guild_remaining: int | None = None
+    # The guild period the hold counts against, and when that period ends.
+    period_start: datetime | None = None
+    resets_at: datetime | None = None
+    # True when ``reserve`` found this key already reserved (a retried
+    # interaction): the job was started once already and must not run twice.
+    replayed: bool = False
+
+
+class Ledger(Protocol):
+    async def reserve(
+        self,
+        guild_id: str,
+        user_id: str,
+        roles: Sequence[str],
+        cost: int,
+        idempotency_key: str,
+        *,
+        channel_id: str | None = None,
+        job_id: str | None = None,
+        prompt: str | None = None,
+        mode: str | None = None,
+    ) -> Reservation:
+        """Hold ``cost`` credits or raise ``QuotaRefused``.
+
+        The same ``idempotency_key`` returns the existing reservation instead of
+        holding twice.
+        """
+        ...
+
+    async def settle(self, reservation: Reservation, actual_cost: int) -> None:
+        """Charge what was delivered (at most the reserved cost). Idempotent."""
+        ...
+
+    async def refund(self, reservation: Reservation, reason: str) -> None:
+        """Release the hold. Idempotent; a no-op on a settled reservation."""
+        ...
+
+
+class UnlimitedLedger:
+    """Allows everything and records nothing: for tests of the pipeline alone."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, Reservation] = {}
+        self.settled: dict[str, int] = {}
+        self.refunded: dict[str, str] = {}
+
+    async def reserve(
+        self,
+        guild_id: str,
+        user_id: str,
+        roles: Sequence[str],
+        cost: int,
+        idempotency_key: str,
+        *,
+        channel_id: str | None = None,
+        job_id: str | None = None,
+        prompt: str | None = None,
+        mode: str | None = None,
+    ) -> Reservation:
+        existing = self._by_key.get(idempotency_key)
+        if existing is not None:
+            return existing
+        reservation = Reservation(
+            id=uuid.uuid4().hex,
+            guild_id=guild_id,
+            user_id=user_id,
+            cost=cost,
+            idempotency_key=idempotency_key,
+            created_at=datetime.now(UTC),
+        )
+        self._by_key[idempotency_key] = reservation
+        return reservation
+
+    async def settle(self, reservation: Reservation, actual_cost: int) -> None:
+        if reservation.id not in self.refunded:
+            self.settled.setdefault(reservation.id, actual_cost)
+
+    async def refund(self, reservation: Reservation, reason: str) -> None:
+        if reservation.id not in self.settled:
+            self.refunded.setdefault(reservation.id, reason)

@@ -1,0 +1,82 @@
+"""Renders the settings documentation (config.example.env, the README table) from
+the Settings model, so the documentation cannot drift from the code.
+
+``python -m bot.settings_doc env`` prints config.example.env; ``... table`` prints
+the README's markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+from pydantic_core import PydanticUndefined
+
+from bot.config import Settings
+
+SECTIONS = {
+    "discord_token": "Discord",
+    "modelslab_api_key": "ModelsLab",
+    "nanobanana_api_key": "Nano Banana Pro",
+    "provider_text": "Routing, timeouts and retries",
+    "input_max_bytes": "Images",
+    "data_dir": "Storage and quotas",
+    "log_level": "Operation",
+}
+REQUIRED_NOTE = {
+    "discord_token": "required to run the bot",
+    "modelslab_api_key": "at least one provider key is required",
+    "nanobanana_api_key": "at least one provider key is required",
+}
+
+
+def default_text(name: str) -> str:
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        value: Any = field.default_factory()  # type: ignore[call-arg]
+    else:
+        value = field.default
+    if value is PydanticUndefined or value is None or isinstance(value, SecretStr):
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def render_env() -> str:
+    lines = [
+        "# Copy to .env and fill in. Every setting the bot reads is listed here;",
+        "# empty values mean the default described in the comment.",
+    ]
+    for name, field in Settings.model_fields.items():
+        if name in SECTIONS:
+            lines += ["", f"# ===== {SECTIONS[name]} ====="]
+        note = f" ({REQUIRED_NOTE[name]})" if name in REQUIRED_NOTE else ""
+        lines.append(f"# {field.description}{note}")
+        lines.append(f"{name.upper()}={default_text(name)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_table() -> str:
+    rows = ["| Setting | Default | What it is |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = default_text(name)
+        shown = f"`{default}`" if default else "(empty)"
+        note = f" ({REQUIRED_NOTE[name]})" if name in REQUIRED_NOTE else ""
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{name.upper()}` | {shown} | {description}{note} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "env"
+    sys.stdout.write(render_env() if what == "env" else render_table())

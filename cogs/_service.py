@@ -1,0 +1,273 @@
+"""Turning interactions into jobs: defer, gather references, build the request, run it.
+
+Shared by the slash commands, the context menus and the result buttons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.errors import BotError, ImageError, UserError
+from bot.images import download
+from bot.jobs import Job, JobOutcome
+from bot.jobstore import JobRecord, StoredImage
+from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
+from cogs._delivery import NO_MENTIONS, InteractionDelivery, to_files
+
+if TYPE_CHECKING:
+    from bot.app import ImageBot
+
+log = logging.getLogger("bot.generation")
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
+
+
+def requester_of(interaction: discord.Interaction[Any]) -> Requester:
+    member = interaction.user
+    roles: tuple[str, ...] = ()
+    if isinstance(member, discord.Member):
+        roles = tuple(str(role.id) for role in member.roles if not role.is_default())
+    return Requester(
+        guild_id=str(interaction.guild_id) if interaction.guild_id else f"dm:{member.id}",
+        user_id=str(member.id),
+        roles=roles,
+        channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+    )
+
+
+def is_age_restricted(interaction: discord.Interaction[Any]) -> bool:
+    channel = interaction.channel
+    checker = getattr(channel, "is_nsfw", None)
+    return bool(checker()) if callable(checker) else False
+
+
+def is_moderator(interaction: discord.Interaction[Any]) -> bool:
+    permissions = interaction.permissions
+    return permissions.manage_guild or permissions.administrator
+
+
+class GenerationService:
+    def __init__(self, bot: ImageBot) -> None:
+        self.bot = bot
+
+    # --- entry points ----------------------------------------------------
+    async def start(
+        self,
+        interaction: discord.Interaction[ImageBot],
+        request: GenerationRequest,
+        attachments: Sequence[discord.Attachment] = (),
+    ) -> JobOutcome | None:
+        """Acknowledge at once, then run the job; every failure reaches the member."""
+        if not interaction.response.is_done():
+            try:
+                await interaction.response.defer(thinking=True)
+            except discord.HTTPException as exc:
+                # A duplicate event (already acknowledged) or one that arrived too
+                # late to answer: the member's first copy, if any, is being handled.
+                log.warning("could not acknowledge interaction %s: %s", interaction.id, exc)
+                return None
+        delivery = InteractionDelivery(self.bot, interaction)
+        try:
+            await self._check_channel(interaction)
+            references = await self.load_attachments(attachments)
+        except BotError as error:
+            await delivery.fail(None, error)
+            return None
+        request = replace(
+            request,
+            references=request.references + tuple(references),
+            requester=requester_of(interaction),
+            idempotency_key=str(interaction.id),
+            # The provider's safety checker stays on outside age-restricted channels.
+            safety_checker=None if is_age_restricted(interaction) else True,
+        )
+
+        async def admit(job: Job) -> bool:
+            return await self.bot.jobs.record_accepted(job.id, job.request, job.provider, job.cost)
+
+        return await self.bot.runtime.pipeline.run(request, delivery, admit=admit)
+
+    async def _check_channel(self, interaction: discord.Interaction[Any]) -> None:
+        if interaction.guild_id is None:
+            raise UserError("Image commands work in servers, not in direct messages.")
+        allowed = await self.bot.jobs.allowed_channels(str(interaction.guild_id))
+        if allowed and str(interaction.channel_id) not in allowed:
+            mentions = ", ".join(f"<#{c}>" for c in sorted(allowed))
+            raise UserError(f"The moderators allow image commands only in {mentions}.")
+
+    # --- references --------------------------------------------------------
+    async def load_attachments(
+        self, attachments: Sequence[discord.Attachment]
+    ) -> list[ReferenceImage]:
+        return list(await asyncio.gather(*(self._load_attachment(a) for a in attachments)))
+
+    async def _load_attachment(self, attachment: discord.Attachment) -> ReferenceImage:
+        settings = self.bot.settings
+        if attachment.size > settings.input_max_bytes:
+            raise ImageError(
+                f"{attachment.filename} is {attachment.size / 1e6:.1f} MB; the most allowed is "
+                f"{settings.input_max_bytes / 1e6:.0f} MB."
+            )
+        try:
+            data = await attachment.read()
+        except discord.HTTPException as exc:
+            raise ImageError(
+                f"Could not download {attachment.filename} from Discord (HTTP {exc.status}); "
+                "please attach it again."
+            ) from exc
+        return await self.bot.runtime.images.load_reference(
+            data, filename=attachment.filename, url=attachment.url
+        )
+
+    async def image_of(self, record: JobRecord, n: int) -> ReferenceImage:
+        """Result image N of an earlier job, as a reference for a new one."""
+        stored = record.image(n)
+        if stored is None:
+            raise UserError(f"That result has no image {n}.")
+        data = await self._stored_bytes(stored)
+        return await self.bot.runtime.images.load_reference(
+            data, filename=f"image_{n}.png", url=stored.url
+        )
+
+    async def _stored_bytes(self, stored: StoredImage) -> bytes:
+        if stored.path is not None:
+            try:
+                return await asyncio.to_thread(_read, stored.path)
+            except OSError:
+                pass  # retention removed it; fall back to the posted copy
+        if stored.url is None:
+            raise UserError("That image is no longer available.")
+        settings = self.bot.settings
+        try:
+            return await download(
+                self.bot.runtime.session,
+                stored.url,
+                max_bytes=settings.download_max_bytes,
+                timeout=settings.download_timeout,
+                allow_loopback=settings.download_allow_loopback,
+                provider="discord",
+            )
+        except BotError:
+            raise UserError(
+                "That image is no longer available on Discord; make a new one."
+            ) from None
+
+    async def rehydrate(self, request: GenerationRequest) -> GenerationRequest:
+        """Fetch the bytes of a stored request's references again (for re-rolls)."""
+        if not request.references:
+            return request
+        settings = self.bot.settings
+        refs = []
+        for ref in request.references:
+            if ref.url is None:
+                raise UserError("The original reference images are no longer available.")
+            try:
+                data = await download(
+                    self.bot.runtime.session,
+                    ref.url,
+                    max_bytes=settings.input_max_bytes,
+                    timeout=settings.download_timeout,
+                    allow_loopback=settings.download_allow_loopback,
+                    provider="discord",
+                )
+            except BotError:
+                raise UserError(
+                    "The original reference images are no longer available on Discord; "
+                    "attach them again with /edit or /blend."
+                ) from None
+            refs.append(
+                await self.bot.runtime.images.load_reference(
+                    data, filename=ref.filename, url=ref.url
+                )
+            )
+        return replace(request, references=tuple(refs))
+
+    # --- buttons -------------------------------------------------------------
+    async def record_for(
+        self, interaction: discord.Interaction[ImageBot], job_id: str
+    ) -> JobRecord:
+        record = await self.bot.jobs.get(job_id)
+        if record is None or record.guild_id != str(interaction.guild_id):
+            raise UserError("That result is unknown to this bot; make a new one.")
+        return record
+
+    async def reroll(self, interaction: discord.Interaction[ImageBot], job_id: str) -> None:
+        await interaction.response.defer(thinking=True)
+        try:
+            record = await self.record_for(interaction, job_id)
+            request = await self.rehydrate(replace(record.request, seed=None))
+        except BotError as error:
+            await InteractionDelivery(self.bot, interaction).fail(None, error)
+            return
+        await self.start(interaction, request)
+
+    async def vary(
+        self,
+        interaction: discord.Interaction[ImageBot],
+        job_id: str,
+        n: int,
+        prompt: str | None = None,
+    ) -> None:
+        if not interaction.response.is_done():
+            await interaction.response.defer(thinking=True)
+        try:
+            record = await self.record_for(interaction, job_id)
+            reference = await self.image_of(record, n)
+        except BotError as error:
+            await InteractionDelivery(self.bot, interaction).fail(None, error)
+            return
+        request = GenerationRequest(
+            mode=Mode.EDIT,
+            prompt=prompt if prompt is not None else record.request.prompt,
+            negative_prompt=record.request.negative_prompt if prompt is None else None,
+            references=(reference,),
+        )
+        await self.start(interaction, request)
+
+    async def upscale_pick(
+        self, interaction: discord.Interaction[ImageBot], job_id: str, n: int
+    ) -> None:
+        await interaction.response.defer(thinking=True)
+        try:
+            record = await self.record_for(interaction, job_id)
+            stored = record.image(n)
+            if stored is None:
+                raise UserError(f"That result has no image {n}.")
+            data = await self._stored_bytes(stored)
+            image = await self.bot.runtime.images.decode_result(data, source_url=stored.url)
+            plan = await self.bot.runtime.images.fit_for_upload(
+                [image], max_bytes=interaction.filesize_limit, grid=False
+            )
+            # Named after its place in the result, not its place in this message.
+            plan[0] = [
+                replace(upload, filename=f"image_{n}." + upload.filename.rsplit(".", 1)[-1])
+                for upload in plan[0]
+            ]
+        except BotError as error:
+            await InteractionDelivery(self.bot, interaction).fail(None, error)
+            return
+        await interaction.edit_original_response(
+            content=f"Image {n} at full size ({image.width}×{image.height}).",
+            attachments=to_files(plan[0]),
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    async def delete(self, interaction: discord.Interaction[ImageBot], job_id: str) -> None:
+        record = await self.record_for(interaction, job_id)
+        if record.user_id != str(interaction.user.id) and not is_moderator(interaction):
+            raise UserError("Only the person who made this image or a moderator can delete it.")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if interaction.message is not None:
+            await interaction.message.delete()
+        await interaction.followup.send("Deleted.", ephemeral=True)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()

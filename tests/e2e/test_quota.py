@@ -1,0 +1,245 @@
+"""/quota for members and moderators, refusals, and guild isolation, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import World, make_settings, populate, running_bot
+from tests.e2e.test_generation import final, imagine, job_id_of, opt
+from tests.emulators.providers import Processing
+
+CHANNEL_MESSAGE = 4
+
+
+async def quota(world: World, subcommand: str, user_id: int, *options: dict[str, Any], **where):
+    interaction = await world.discord.slash(
+        "quota",
+        subcommand=subcommand,
+        guild_id=where.get("guild_id", world.guild_id),
+        channel_id=where.get("channel_id", world.channel_id),
+        user_id=user_id,
+        options=list(options),
+    )
+    await interaction.wait_for(
+        lambda r: (
+            bool(r.callbacks and r.callbacks[0].type == CHANNEL_MESSAGE)
+            or bool(r.original and not r.original.loading)
+            or bool(r.followups)
+        ),
+        timeout=15,
+    )
+    return interaction
+
+
+def answer(interaction) -> str:
+    if interaction.callbacks and interaction.callbacks[0].type == CHANNEL_MESSAGE:
+        return str(interaction.callbacks[0].data.get("content", ""))
+    if interaction.followups:
+        return str(interaction.followups[-1].content)
+    return str(interaction.original.content) if interaction.original else ""
+
+
+async def refusal(world: World, **options: object) -> str:
+    interaction = await imagine(world, "a refused picture", **options)
+    message = await final(interaction)
+    assert message.content.startswith("❌"), message.content
+    return str(message.content)
+
+
+async def test_member_sees_their_credits(world: World):
+    shown = answer(await quota(world, "me", world.member_id))
+    assert "You: **40** of 40 left" in shown
+    assert "Server pool: **100** of 100 left" in shown
+
+
+@pytest.mark.parametrize(
+    ("subcommand", "options"),
+    [
+        ("set-pool", [opt("credits", 5, 4)]),
+        ("grant", [opt("credits", 5, 4)]),
+        ("reset", []),
+        ("usage", []),
+        ("show", []),
+    ],
+)
+async def test_moderator_commands_are_refused_for_members(world: World, subcommand, options):
+    text = answer(await quota(world, subcommand, world.member_id, *options))
+    assert "Only moderators" in text
+
+
+async def test_moderator_sets_and_reads_the_pool(world: World):
+    text = answer(
+        await quota(
+            world,
+            "set-pool",
+            world.moderator_id,
+            opt("credits", 250, 4),
+            opt("period", "week"),
+            opt("timezone", "Europe/Paris"),
+        )
+    )
+    assert "250 credits per week (Europe/Paris)" in text
+    shown = answer(await quota(world, "show", world.moderator_id))
+    assert "of 250 left" in shown and "week" in shown
+
+
+async def test_bad_timezone_is_named(world: World):
+    text = answer(
+        await quota(
+            world,
+            "set-pool",
+            world.moderator_id,
+            opt("credits", 5, 4),
+            opt("timezone", "Mars/Base"),
+        )
+    )
+    assert "timezone must be an IANA time zone" in text
+
+
+async def test_pool_refusal_and_grant(world: World):
+    await quota(world, "set-pool", world.moderator_id, opt("credits", 1, 4))
+    text = await refusal(world, samples=2)
+    assert "pool" in text.lower()
+    await quota(world, "grant", world.moderator_id, opt("credits", 5, 4))
+    message = await final(await imagine(world, "now it fits", samples=2))
+    assert message.embeds
+
+
+async def test_member_allowance_refusal(world: World):
+    member = {"name": "member", "type": 6, "value": str(world.member_id)}
+    await quota(world, "user-limit", world.moderator_id, member, opt("credits", 1, 4))
+    text = await refusal(world, samples=2)
+    assert "You have 1 credit left today and this costs 2" in text
+
+
+async def test_ban_refusal_names_the_reason(world: World):
+    member = {"name": "member", "type": 6, "value": str(world.member_id)}
+    await quota(
+        world,
+        "ban",
+        world.moderator_id,
+        member,
+        {"name": "hours", "type": 10, "value": 2},
+        opt("reason", "spamming"),
+    )
+    text = await refusal(world)
+    assert "banned" in text and "spamming" in text
+    await quota(world, "unban", world.moderator_id, member)
+    assert (await final(await imagine(world, "welcome back"))).embeds
+
+
+async def test_channel_restriction(world: World):
+    channel = {"name": "channel", "type": 7, "value": str(world.nsfw_channel_id)}
+    await quota(world, "channels", world.moderator_id, opt("action", "add"), channel)
+    text = await refusal(world)
+    assert "only in" in text
+
+
+async def test_usage_report_has_chart_and_csv(world: World):
+    assert (await final(await imagine(world, "for the report", samples=2))).embeds
+    interaction = await quota(world, "usage", world.moderator_id)
+    await interaction.wait_for(lambda r: bool(r.original and r.original.attachments), timeout=15)
+    names = sorted(a.filename for a in interaction.original.attachments)
+    assert names == ["usage.csv", "usage.png"]
+    csv_text = next(a for a in interaction.original.attachments if a.filename == "usage.csv")
+    assert str(world.member_id) in csv_text.data.decode()
+
+
+async def test_generation_info_for_moderators_only(world: World):
+    result = await final(await imagine(world, "whose is this"))
+    job = job_id_of(result)
+    for user_id, expected in ((world.member_id, "Only moderators"), (world.moderator_id, job)):
+        interaction = await world.discord.message_command(
+            "Generation info",
+            guild_id=world.guild_id,
+            channel_id=world.channel_id,
+            user_id=user_id,
+            message=result,
+        )
+        callback = await interaction.wait_for_callback()
+        assert expected in callback.data["content"]
+
+
+async def test_guilds_are_isolated(world: World):
+    await quota(world, "set-pool", world.moderator_id, opt("credits", 3, 4))
+    result = await final(await imagine(world, "guild A only"))
+    job = job_id_of(result)
+    elsewhere = answer(
+        await quota(
+            world,
+            "me",
+            world.other_member_id,
+            guild_id=world.other_guild_id,
+            channel_id=world.other_channel_id,
+        )
+    )
+    assert "of 100 left" in elsewhere  # the default pool, not guild A's 3
+    # A job id from guild A means nothing in guild B.
+    record = await world.bot.jobs.get(job)
+    assert record is not None and record.guild_id == str(world.guild_id)
+    info = await world.discord.message_command(
+        "Generation info",
+        guild_id=world.other_guild_id,
+        channel_id=world.other_channel_id,
+        user_id=world.other_member_id,
+        message=world.discord.add_message(
+            world.other_channel_id,
+            author_id=world.discord.bot_user_id,
+            embeds=result.embeds,
+        ),
+    )
+    callback = await info.wait_for_callback()
+    assert job not in callback.data["content"]
+
+
+async def _run_imagine(discord_emu, ids, user_id: int, prompt: str):
+    return await discord_emu.slash(
+        "imagine",
+        guild_id=ids["guild_id"],
+        channel_id=ids["channel_id"],
+        user_id=user_id,
+        options=[opt("prompt", prompt)],
+    )
+
+
+async def test_in_flight_and_global_budget_refusals(emulators, tmp_path):
+    discord_emu, providers = emulators
+    ids = populate(discord_emu)
+    settings = make_settings(
+        discord_emu,
+        providers,
+        tmp_path / "data",
+        max_jobs_in_flight_per_user=1,
+        global_daily_budget=2,
+    )
+    async with running_bot(settings, discord_emu) as bot:
+        await bot.sync_commands()
+        providers.script("text2img", Processing(polls=4, eta=0.2))
+        providers.latency = 0.2
+        slow = await _run_imagine(discord_emu, ids, ids["member_id"], "slow")
+        await asyncio.sleep(0.3)
+        busy = await final(await _run_imagine(discord_emu, ids, ids["member_id"], "too soon"))
+        assert "You already have 1 image in progress" in busy.content
+        assert (await final(slow, within=30)).embeds
+        providers.latency = 0
+        second = await final(await _run_imagine(discord_emu, ids, ids["moderator_id"], "two"))
+        assert second.embeds
+        budget = await final(await _run_imagine(discord_emu, ids, ids["moderator_id"], "three"))
+        assert "daily generation budget" in budget.content
+    discord_emu.assert_no_violations()
+
+
+async def test_cooldown_refusal(emulators, tmp_path):
+    discord_emu, providers = emulators
+    ids = populate(discord_emu)
+    settings = make_settings(discord_emu, providers, tmp_path / "data", cooldown_seconds=60)
+    async with running_bot(settings, discord_emu) as bot:
+        await bot.sync_commands()
+        first = await final(await _run_imagine(discord_emu, ids, ids["member_id"], "one"))
+        assert first.embeds
+        again = await final(await _run_imagine(discord_emu, ids, ids["member_id"], "two"))
+        assert "before starting another image" in again.content
+    discord_emu.assert_no_violations()

@@ -1,0 +1,67 @@
+import asyncio
+
+from bot.jobs import ProviderSlots
+
+
+async def test_slots_limit_calls_in_flight_and_serve_fifo():
+    slots = ProviderSlots(2)
+    running = 0
+    peak = 0
+    order: list[int] = []
+    positions: dict[int, list[int]] = {}
+
+    async def job(n: int) -> None:
+        nonlocal running, peak
+
+        async def on_position(position: int) -> None:
+            positions.setdefault(n, []).append(position)
+
+        async with slots.slot(on_position):
+            order.append(n)
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+
+    await asyncio.gather(*(job(n) for n in range(8)))
+    await asyncio.sleep(0)
+    assert peak == 2
+    assert order == list(range(8))
+    # The last one to queue started at position 6 and moved forward to 1.
+    assert positions[7][0] == 6
+    assert positions[7][-1] == 1
+
+
+async def test_cancelled_waiter_leaves_the_queue_and_frees_nothing_twice():
+    slots = ProviderSlots(1)
+    release = asyncio.Event()
+    inside = 0
+    peak = 0
+
+    async def holder(gate: asyncio.Event) -> None:
+        nonlocal inside, peak
+        async with slots.slot():
+            inside += 1
+            peak = max(peak, inside)
+            await gate.wait()
+            inside -= 1
+
+    first = asyncio.create_task(holder(release))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(holder(release))
+    await asyncio.sleep(0)
+    assert slots.waiting == 1
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert slots.waiting == 0
+    release.set()
+    await first
+    # Exactly one slot is free again: two holders in a row must not overlap.
+    later = asyncio.Event()
+    third = asyncio.create_task(holder(later))
+    fourth = asyncio.create_task(holder(later))
+    await asyncio.sleep(0.01)
+    assert slots.waiting == 1
+    later.set()
+    await asyncio.gather(third, fourth)
+    assert peak == 1
