@@ -28,6 +28,7 @@ log = logging.getLogger("bot.app")
 # Prompts are echoed back; nothing the bot sends may ping anyone by accident.
 NO_MENTIONS = discord.AllowedMentions.none()
 HEARTBEAT_INTERVAL = 30.0
+IMAGE_SWEEP_INTERVAL = 3600.0
 
 
 def configure_endpoints(settings: Settings) -> None:
@@ -118,6 +119,7 @@ class ImageBot(commands.AutoShardedBot):
         if self.settings.dev_guild_id is not None:
             await self.sync_commands(self.settings.dev_guild_id)
         self.spawn(self._heartbeat(), name="heartbeat")
+        self.spawn(self._sweep_images(), name="image-retention")
 
     async def sync_commands(self, guild_id: int | None = None) -> int:
         if guild_id is not None:
@@ -147,6 +149,13 @@ class ImageBot(commands.AutoShardedBot):
         while True:
             await asyncio.to_thread(_touch, heartbeat)
             await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _sweep_images(self) -> None:
+        while True:
+            removed = await self.runtime.store.sweep()
+            if removed:
+                log.info("removed %d result folder(s) past IMAGE_RETENTION_DAYS", removed)
+            await asyncio.sleep(IMAGE_SWEEP_INTERVAL)
 
     async def on_ready(self) -> None:
         log.info("logged in as %s in %d guild(s)", self.user, len(self.guilds))

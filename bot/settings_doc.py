@@ -1,8 +1,8 @@
 """Renders the settings documentation (config.example.env, the README table) from
 the Settings model, so the documentation cannot drift from the code.
 
-``python -m bot.settings_doc env`` prints config.example.env; ``... table`` prints
-the README's markdown table.
+``python -m bot.settings_doc write`` rewrites config.example.env and the table in
+README.md (between the settings markers); ``env`` and ``table`` print them.
 """
 
 from __future__ import annotations
@@ -77,6 +77,22 @@ def render_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+TABLE_START = "<!-- settings:start -->\n"
+TABLE_END = "<!-- settings:end -->\n"
+
+
+def write_files(root: Path) -> None:
+    (root / "config.example.env").write_text(render_env(), encoding="utf-8")
+    readme = root / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    before, _, rest = text.partition(TABLE_START)
+    _, _, after = rest.partition(TABLE_END)
+    readme.write_text(before + TABLE_START + render_table() + TABLE_END + after, encoding="utf-8")
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "env"
-    sys.stdout.write(render_env() if what == "env" else render_table())
+    if what == "write":
+        write_files(Path.cwd())
+    else:
+        sys.stdout.write(render_env() if what == "env" else render_table())

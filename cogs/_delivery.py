@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.errors import BotError, DeliveryError
-from bot.images import UploadFile
+from bot.images import ImageProcessor, UploadFile
 from bot.jobs import Job, JobResult
 from bot.jobstore import StoredImage
-from bot.models import Mode, Progress, Stage
+from bot.models import Mode, Progress, ResultImage, Stage
 from cogs._views import result_view
 
 if TYPE_CHECKING:
@@ -84,6 +84,24 @@ def to_files(uploads: Sequence[UploadFile]) -> list[discord.File]:
     return [discord.File(io.BytesIO(upload.data), filename=upload.filename) for upload in uploads]
 
 
+async def plan_messages(
+    images: ImageProcessor, results: Sequence[ResultImage], limit: int
+) -> list[list[UploadFile]]:
+    """One message with the grid and every sample when re-encoding is enough;
+    more messages rather than smaller pictures when it is not. U1-U4 still post
+    each untouched original on its own."""
+    grid = len(results) > 1
+    single = await images.fit_for_upload(
+        results, max_bytes=limit, max_files=10, grid=grid, max_messages=1
+    )
+    samples = single[0][1:] if grid else single[0]
+    if all(
+        (u.width, u.height) == (r.width, r.height) for u, r in zip(samples, results, strict=True)
+    ):
+        return single
+    return await images.fit_for_upload(results, max_bytes=limit, max_files=10, grid=grid)
+
+
 class InteractionDelivery:
     """Implements bot.jobs.Delivery for a deferred interaction."""
 
@@ -110,15 +128,7 @@ class InteractionDelivery:
 
     async def deliver(self, job: Job, result: JobResult) -> None:
         limit = self.interaction.filesize_limit
-        # One message with the grid and every sample (re-encoded if need be);
-        # U1-U4 post the untouched originals one by one.
-        plan = await self.bot.runtime.images.fit_for_upload(
-            result.images,
-            max_bytes=limit,
-            max_files=10,
-            grid=len(result.images) > 1,
-            max_messages=1,
-        )
+        plan = await plan_messages(self.bot.runtime.images, result.images, limit)
         embed = result_embed(result)
         first = plan[0]
         preview = first[0].filename

@@ -29,7 +29,7 @@ def test_defaults_load_without_any_setting():
 
 def test_example_env_lists_every_setting_and_loads(tmp_path):
     text = (ROOT / "config.example.env").read_text()
-    assert text == render_env(), "regenerate with: python -m bot.settings_doc env"
+    assert text == render_env(), "regenerate with: python -m bot.settings_doc write"
     for name in Settings.model_fields:
         assert f"\n{name.upper()}=" in text
     settings = load_settings(ROOT / "config.example.env")
@@ -38,7 +38,7 @@ def test_example_env_lists_every_setting_and_loads(tmp_path):
 
 def test_readme_table_matches_the_model():
     readme = (ROOT / "README.md").read_text()
-    assert render_table() in readme, "regenerate with: python -m bot.settings_doc table"
+    assert render_table() in readme, "regenerate with: python -m bot.settings_doc write"
 
 
 def test_secrets_are_secretstr_and_hidden_in_repr():
