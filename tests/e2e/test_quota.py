@@ -243,3 +243,59 @@ async def test_cooldown_refusal(emulators, tmp_path):
         again = await final(await _run_imagine(discord_emu, ids, ids["member_id"], "two"))
         assert "before starting another image" in again.content
     discord_emu.assert_no_violations()
+
+
+async def test_role_limits_user_default_and_reset(world: World):
+    artist = world.discord.add_role(world.guild_id, name="artist")
+    patron = world.discord.add_role(world.guild_id, name="patron")
+    both = world.discord.add_member(world.guild_id, name="both", roles=[artist.id, patron.id])
+    plain = world.discord.add_member(world.guild_id, name="plain")
+    role = {"name": "role", "type": 8, "value": str(artist.id)}
+    await quota(world, "role-limit", world.moderator_id, role, opt("credits", 3, 4))
+    role = {"name": "role", "type": 8, "value": str(patron.id)}
+    await quota(world, "role-limit", world.moderator_id, role, opt("unlimited", True, 5))
+    await quota(world, "user-default", world.moderator_id, opt("credits", 2, 4))
+
+    def member(user) -> dict[str, Any]:
+        return {"name": "member", "type": 6, "value": str(user.id)}
+
+    shown = answer(await quota(world, "show", world.moderator_id, member(both)))
+    assert "unlimited" in shown  # the highest role wins, and unlimited beats all
+    shown = answer(await quota(world, "show", world.moderator_id, member(plain)))
+    assert "of 2 left" in shown
+
+    interaction = await world.discord.slash(
+        "imagine",
+        guild_id=world.guild_id,
+        channel_id=world.channel_id,
+        user_id=plain.id,
+        options=[opt("prompt", "two of two"), opt("samples", 2, 4)],
+    )
+    assert (await final(interaction)).embeds
+    assert "**0** of 2 left" in answer(await quota(world, "show", world.moderator_id, member(plain)))
+    await quota(world, "reset", world.moderator_id, member(plain))
+    assert "**2** of 2 left" in answer(
+        await quota(world, "show", world.moderator_id, member(plain))
+    )
+
+
+async def test_costs_are_listed_for_everyone(world: World):
+    text = answer(await quota(world, "costs", world.member_id))
+    assert "`text2img`: 1" in text and "`nbpro_4k`: 8" in text
+
+
+async def test_pool_alerts_go_to_the_log_channel(world: World):
+    log_channel = world.discord.add_channel(world.guild_id, name="mod-log")
+    channel = {"name": "channel", "type": 7, "value": str(log_channel.id)}
+    await quota(world, "log-channel", world.moderator_id, channel)
+    await quota(world, "set-pool", world.moderator_id, opt("credits", 5, 4))
+    await quota(world, "user-default", world.moderator_id, opt("unlimited", True, 5))
+    assert (await final(await imagine(world, "four of five", samples=4))).embeds
+
+    def alerts() -> list[str]:
+        return [m.content for m in world.discord.channel_messages(log_channel.id)]
+
+    await world.discord.wait_for(lambda: any("80 %" in a for a in alerts()), timeout=10)
+    assert (await final(await imagine(world, "five of five"))).embeds
+    await world.discord.wait_for(lambda: any("100 %" in a for a in alerts()), timeout=10)
+    assert sum("80 %" in a for a in alerts()) == 1
