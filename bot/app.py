@@ -7,10 +7,11 @@ import contextlib
 import importlib
 import logging
 import pkgutil
+import signal
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import discord
 import yarl
@@ -27,6 +28,7 @@ log = logging.getLogger("bot.app")
 
 # Prompts are echoed back; nothing the bot sends may ping anyone by accident.
 NO_MENTIONS = discord.AllowedMentions.none()
+T = TypeVar("T")
 HEARTBEAT_INTERVAL = 30.0
 IMAGE_SWEEP_INTERVAL = 3600.0
 
@@ -99,8 +101,35 @@ class ImageBot(commands.AutoShardedBot):
         self.runtime = runtime
         self.settings = runtime.settings
         self.jobs = jobs
+        runtime.pipeline.journal = jobs
         self.sync_only = sync_only
+        self.accepting = True  # False while shutting down: no new jobs
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._job_tasks: set[asyncio.Task[Any]] = set()
+
+    async def run_job(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a job as a task of its own, so shutdown can wait for it by name."""
+        task = asyncio.create_task(coro, name="job")
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_tasks.discard)
+        return await asyncio.shield(task)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop taking jobs, give those in flight ``grace`` seconds, then hand the
+        rest over to the next start (their provider jobs are recorded) and close."""
+        self.accepting = False
+        grace = self.settings.shutdown_grace if grace is None else grace
+        pending = set(self._job_tasks)
+        if pending:
+            log.info("shutting down: waiting up to %.0f s for %d job(s)", grace, len(pending))
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        if pending:
+            self.runtime.pipeline.hand_over()
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            log.info("handed %d job(s) over to the next start", len(pending))
+        await self.close()
 
     async def connect(self, *, reconnect: bool = True) -> None:
         # discord.py uses the URL from /gateway/bot unless the shard count is known;
@@ -116,6 +145,11 @@ class ImageBot(commands.AutoShardedBot):
         if self.sync_only:
             await self.sync_commands()
             return
+        from cogs._recovery import recover_jobs
+
+        # Adopt what this process can finish before anything is refunded as crashed.
+        await recover_jobs(self)
+        await self.runtime.ledger.sweep_expired()
         if self.settings.dev_guild_id is not None:
             await self.sync_commands(self.settings.dev_guild_id)
         self.spawn(self._heartbeat(), name="heartbeat")
@@ -161,9 +195,11 @@ class ImageBot(commands.AutoShardedBot):
         log.info("logged in as %s in %d guild(s)", self.user, len(self.guilds))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        # The shutdown task itself ends up here: it must not cancel itself.
+        others = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
         await super().close()
 
 
@@ -189,7 +225,7 @@ async def open_bot(settings: Settings, *, sync_only: bool = False) -> AsyncItera
 
     configure_endpoints(settings)
     async with (
-        open_ledger(settings) as ledger,
+        open_ledger(settings, sweep_at_start=sync_only) as ledger,
         open_runtime(settings, ledger) as runtime,
         JobStore.open(settings) as jobs,
     ):
@@ -210,5 +246,8 @@ async def run_bot(settings: Settings, *, sync_only: bool = False) -> int:
             # login() runs setup_hook, which syncs and returns without connecting.
             await bot.login(token.get_secret_value())
             return 0
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: bot.spawn(bot.shutdown(), name="shutdown"))
         await bot.start(token.get_secret_value())
     return 0

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from bot.config import Settings, load_settings
+from bot.datadir import prepare_data_dir
 from bot.errors import ConfigError
 from bot.logs import setup_logging
 
@@ -16,6 +17,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     from bot.cli_generate import add_generate_parser
+    from bot.migrate_data import add_migrate_parsers
     from bot.quota.cli import add_quota_parser
 
     parser = argparse.ArgumentParser(
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("health", help="exit 0 if the running bot's heartbeat is fresh")
     add_generate_parser(commands)
     add_quota_parser(commands)
+    add_migrate_parsers(commands)
     return parser
 
 
@@ -56,12 +59,19 @@ def _dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int
     if command == "generate":
         from bot.cli_generate import run_generate
 
+        prepare_data_dir(settings)
         return asyncio.run(run_generate(args, settings))
     if command == "quota":
+        prepare_data_dir(settings)
         from bot.quota.cli import run_quota_command
 
         return asyncio.run(run_quota_command(args, settings))
+    if command in ("migrate", "migrate-data"):
+        from bot.migrate_data import run_migrate_command
+
+        return asyncio.run(run_migrate_command(args, settings))
     _require_bot_settings(settings)
+    prepare_data_dir(settings)
     from bot.app import run_bot
 
     return asyncio.run(run_bot(settings, sync_only=command == "sync"))

@@ -28,6 +28,24 @@ from bot.models import Mode
 ProviderName = Literal["modelslab", "nanobanana"]
 PROVIDER_NAMES: tuple[str, ...] = ("modelslab", "nanobanana")
 
+# Where the providers' result images live. The docs name none of their CDNs (the
+# text2img example links a CloudFront host), so common object stores are allowed.
+DEFAULT_RESULT_HOSTS: tuple[str, ...] = (
+    "modelslab.com",
+    "*.modelslab.com",
+    "modelslab.ai",
+    "*.modelslab.ai",
+    "nano-banana-pro.net",
+    "*.nano-banana-pro.net",
+    "*.cloudfront.net",
+    "*.r2.dev",
+    "*.r2.cloudflarestorage.com",
+    "*.amazonaws.com",
+    "storage.googleapis.com",
+)
+# Attachments members upload, and the bot's own posted results (for U1-U4, V1-V4).
+DISCORD_CDN_HOSTS: tuple[str, ...] = ("cdn.discordapp.com", "media.discordapp.net")
+
 # Credits per image, by cost tier (see Provider.cost_tier).
 DEFAULT_COSTS: dict[str, int] = {
     "text2img": 1,
@@ -79,6 +97,11 @@ class Settings(BaseSettings):
     )
     progress_interval: float = Field(
         3.0, ge=0, description="fewest seconds between progress edits of a message"
+    )
+    shutdown_grace: float = Field(
+        60.0,
+        ge=0,
+        description="seconds a stopping bot lets jobs finish before handing them to the next start",
     )
 
     # --- ModelsLab -----------------------------------------------------------
@@ -167,6 +190,11 @@ class Settings(BaseSettings):
         50 * 1024 * 1024, ge=1024, description="largest result image downloaded, in bytes"
     )
     download_timeout: float = Field(60.0, gt=0, description="seconds to download one image")
+    download_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_RESULT_HOSTS),
+        description="comma-separated hosts results may be downloaded from (*.example.com "
+        'for subdomains; the provider API hosts are always added), or "any"',
+    )
     download_allow_loopback: bool = Field(
         False, description="true to allow http downloads from 127.0.0.1 (tests only)"
     )
@@ -180,7 +208,9 @@ class Settings(BaseSettings):
     # --- Storage and quotas --------------------------------------------------
     data_dir: Path = Field(Path("./data"), description="a writable directory for the bot's files")
     database_url: str | None = Field(
-        None, description="sqlite:///PATH; empty: sqlite:///DATA_DIR/bot.db"
+        None,
+        description="sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB; "
+        "empty: sqlite:///DATA_DIR/bot.db",
     )
     costs: Annotated[dict[str, int], NoDecode] = Field(
         default_factory=lambda: dict(DEFAULT_COSTS),
@@ -209,6 +239,9 @@ class Settings(BaseSettings):
         1800.0, gt=0, description="seconds before an unsettled reservation is refunded"
     )
     sweep_interval: float = Field(60.0, gt=0, description="seconds between reservation sweeps")
+    database_pool_size: int = Field(
+        10, ge=1, le=100, description="most connections one process opens to PostgreSQL"
+    )
 
     # --- Operation -----------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
@@ -218,6 +251,13 @@ class Settings(BaseSettings):
     @field_validator("modelslab_models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
+        return _csv(value)
+
+    @field_validator("download_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "any":
+            return []
         return _csv(value)
 
     @field_validator("default_user_allowance", "global_daily_budget", mode="before")
@@ -276,7 +316,7 @@ class Settings(BaseSettings):
         if value in (None, ""):
             return None
         if not (value.startswith("sqlite:///") or value.startswith("postgresql://")):
-            raise ValueError("must start with sqlite:/// (or postgresql:// when supported)")
+            raise ValueError("must start with sqlite:/// or postgresql://")
         return value
 
     @model_validator(mode="after")
@@ -296,6 +336,13 @@ class Settings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.data_dir / "images"
+
+    def result_hosts(self) -> tuple[str, ...]:
+        """Hosts provider results may be downloaded from; empty means any https host."""
+        if not self.download_allowed_hosts:
+            return ()
+        own = (self.modelslab_base_url.host, self.nanobanana_base_url.host)
+        return tuple(dict.fromkeys([*self.download_allowed_hosts, *(h for h in own if h)]))
 
     def configured_providers(self) -> tuple[str, ...]:
         keys = {"modelslab": self.modelslab_api_key, "nanobanana": self.nanobanana_api_key}

@@ -37,6 +37,8 @@ class ValidationError(UserError):
 class ImageError(UserError):
     """An input image cannot be used (type, size, corrupt data)."""
 
+    filename: str | None = None  # which input, when the caller knows
+
 
 class ProviderError(BotError):
     """A provider call failed.
@@ -115,6 +117,10 @@ class GenerationFailed(ProviderError):
 
 class JobDeadlineExceeded(ProviderError):
     """A queued job did not finish within the overall deadline."""
+
+
+class JobNotResumable(ProviderError):
+    """After a restart, a job whose provider job is unknown cannot be finished."""
 
 
 class DeliveryError(BotError):

@@ -217,6 +217,14 @@ def _human_bytes(n: int, *, round_up: bool = False) -> str:
     return f"{n} bytes"
 
 
+def too_large_message(what: str, size: int, limit: int) -> str:
+    """E.g. 'photo.png is 30 MB; the most allowed is 25 MB.', in the units Discord
+    shows, so a file Discord calls 25 MB is never said to be over a "26 MB" limit."""
+    return (
+        f"{what} is {_human_bytes(size, round_up=True)}; the most allowed is {_human_bytes(limit)}."
+    )
+
+
 def _megapixels(pixels: int) -> str:
     return f"{pixels / 1_000_000:.3g}"
 
@@ -485,6 +493,23 @@ def _fit_reference(data: bytes, mime: str, max_bytes: int, max_pixels: int) -> _
         ) from None
 
 
+# Modes every provider's decoder handles; CMYK, 16-bit, float, YCbCr and LAB are
+# converted before an upload rather than left to a decoder we cannot see.
+_PLAIN_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "1"})
+
+
+def _is_plain(data: bytes, mime: str) -> bool:
+    """8 bits per channel in a common mode (header only, no decoding)."""
+    if mime == "image/png" and data[12:16] == b"IHDR" and len(data) > 24 and data[24] == 16:
+        # Pillow reports 48- and 64-bit PNGs as RGB(A): only the header tells.
+        return False
+    try:
+        with Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[mime]]) as im:
+            return im.mode in _PLAIN_MODES
+    except Exception:  # noqa: BLE001 - _fit_reference then reports the damage properly
+        return False
+
+
 def _to_png(data: bytes, mime: str, max_pixels: int) -> _Encoded:
     im = _drop_opaque_alpha(_decoded_rgb(data, mime, max_pixels, corrupt=CORRUPT))
     return _Encoded(_encode(im, "PNG", {}), "image/png", im.width, im.height)
@@ -716,24 +741,28 @@ class ImageProcessor:
         if mime is None or mime not in SUPPORTED:
             raise ImageError(_unsupported_message(mime))
         if len(data) > self.max_input_bytes:
-            raise ImageError(
-                f"The file is {_human_bytes(len(data), round_up=True)}; "
-                f"the most allowed is {_human_bytes(self.max_input_bytes)}."
-            )
+            raise ImageError(too_large_message("The file", len(data), self.max_input_bytes))
         return await self._run(
             _load_reference, bytes(data), mime, filename, url, self.max_input_pixels
         )
 
     async def fit_reference(self, ref: ReferenceImage, max_bytes: int) -> ReferenceImage:
-        """``ref`` within ``max_bytes``: unchanged if it fits, else re-encoded (JPEG q92,
-        or WebP when it has transparency) and downscaled only if that is not enough.
+        """``ref`` within ``max_bytes`` as an upload any provider decodes: unchanged if
+        it fits and is 8-bit RGB, grey or palette; else re-encoded as 8-bit RGB(A)
+        (JPEG q92, or WebP when it has transparency), downscaled only if that is not
+        enough. So CMYK, 16-bit and GIF inputs are converted even when small.
 
         ``url`` is kept: it still names the same picture, for providers that fetch.
         """
         if ref.data is None:
             return ref
         mime = sniff_mime(ref.data)
-        if len(ref.data) <= max_bytes and mime in SUPPORTED and mime != "image/gif":
+        if (
+            len(ref.data) <= max_bytes
+            and mime in SUPPORTED
+            and mime != "image/gif"
+            and await self._run(_is_plain, ref.data, mime)
+        ):
             return ref
         if mime is None or mime not in SUPPORTED:
             raise ImageError(_unsupported_message(mime))
@@ -871,20 +900,94 @@ class ImageProcessor:
 # --------------------------------------------------------------------------- download
 
 
+_NOT_VALID = "The provider returned a result link that is not valid."
+_FOREIGN_HOST = "The provider returned a link to a host the bot does not download from."
+
+
 def _bad_link(provider: str, message: str) -> ProviderBadResponse:
     return ProviderBadResponse(message, provider=provider, retryable=False)
 
 
-def _check_url(url: URL, *, allow_loopback: bool, provider: str) -> None:
-    scheme = (url.scheme or "").lower()
-    host = (url.host or "").lower().strip("[]")
-    if not host:
-        raise _bad_link(provider, "The provider returned a result link that is not a web address.")
-    if scheme == "https":
-        return
-    if scheme == "http" and allow_loopback and host in _LOOPBACK_HOSTS:
-        return
-    raise _bad_link(provider, "The provider returned a result link that is not allowed.")
+def _normal_host(host: str) -> str | None:
+    """The host as URLs carry it on the wire (lower case, IDNA), without brackets
+    or a trailing dot, so that equal hosts compare equal; None if it is no host."""
+    text = host.strip().strip("[]").rstrip(".")
+    if not text:
+        return None
+    try:
+        raw = URL.build(scheme="https", host=text).raw_host
+    except (TypeError, ValueError):
+        return None
+    return raw.rstrip(".").lower() if raw else None
+
+
+_Patterns = tuple[tuple[str, bool], ...] | None
+
+
+def _host_patterns(allowed_hosts: Sequence[str]) -> _Patterns:
+    """(host, subdomains_only) pairs, or None when any https host will do."""
+    if isinstance(allowed_hosts, str):
+        # A lone string is a Sequence[str] too: matching its letters would allow nothing.
+        allowed_hosts = (allowed_hosts,)
+    if not allowed_hosts:
+        return None
+    patterns = []
+    for pattern in allowed_hosts:
+        text = pattern.strip()
+        wildcard = text.startswith("*.")
+        host = _normal_host(text[2:] if wildcard else text)
+        # Unusable patterns match nothing; they never widen the list to "any host".
+        if host is not None and "*" not in host:
+            patterns.append((host, wildcard))
+    return tuple(patterns)
+
+
+def _host_matches(host: str, patterns: tuple[tuple[str, bool], ...]) -> bool:
+    for allowed, subdomains_only in patterns:
+        if host.endswith("." + allowed) if subdomains_only else host == allowed:
+            return True
+    return False
+
+
+def host_allowed(
+    url: str | URL, allowed_hosts: Sequence[str] = (), allow_loopback: bool = False
+) -> bool:
+    """Whether ``download`` may fetch ``url``.
+
+    https to a host in ``allowed_hosts`` ("cdn.example.com" exactly, "*.example.com"
+    any subdomain, not example.com itself); an empty sequence allows any https
+    host. With ``allow_loopback`` also http or https to 127.0.0.1, ::1 or
+    localhost, whatever the list says, for tests against local emulators.
+    """
+    return _refusal(url, _host_patterns(allowed_hosts), allow_loopback) is None
+
+
+def _refusal(url: str | URL, patterns: _Patterns, allow_loopback: bool) -> str | None:
+    """Why ``url`` may not be fetched (a message for the member), or None."""
+    try:
+        target = url if isinstance(url, URL) else URL(url)
+        scheme = (target.scheme or "").lower()
+        host = _normal_host(target.raw_host or "")
+    except (TypeError, ValueError):
+        return _NOT_VALID
+    if host is None:
+        return "The provider returned a result link that is not a web address."
+    if allow_loopback and host in _LOOPBACK_HOSTS and scheme in ("http", "https"):
+        return None
+    if scheme != "https":
+        return "The provider returned a result link that is not allowed."
+    if patterns is not None and not _host_matches(host, patterns):
+        return _FOREIGN_HOST
+    return None
+
+
+def _check_url(url: URL, *, allow_loopback: bool, provider: str, patterns: _Patterns) -> None:
+    refusal = _refusal(url, patterns, allow_loopback)
+    if refusal is not None:
+        if refusal == _FOREIGN_HOST:
+            # The member sees no address (it is the provider's text); operators need it.
+            log.warning("%s: refused a result link to host %r", provider, url.host)
+        raise _bad_link(provider, refusal)
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:
@@ -904,23 +1007,26 @@ async def download(
     timeout: float,  # noqa: ASYNC109 - a per-download budget callers set from settings
     allow_loopback: bool = False,
     provider: str = "download",
+    allowed_hosts: Sequence[str] = (),
 ) -> bytes:
     """GET ``url`` into memory, at most ``max_bytes``, within ``timeout`` seconds in all.
 
-    Only https (or http to loopback when ``allow_loopback``). Redirects are followed
-    by hand so that every hop passes the same check.
+    Only what ``host_allowed`` accepts: https to ``allowed_hosts`` (any https host
+    when empty), plus loopback when ``allow_loopback``. Redirects are followed by
+    hand so that every hop passes the same check before it is requested.
     """
     try:
         target = URL(url)
     except (TypeError, ValueError):
-        raise _bad_link(
-            provider, "The provider returned a result link that is not valid."
-        ) from None
+        raise _bad_link(provider, _NOT_VALID) from None
+    patterns = _host_patterns(allowed_hosts)
     too_big = f"The provider's result is larger than {_human_bytes(max_bytes)}."
     try:
         async with asyncio.timeout(timeout):
             for _hop in range(_MAX_REDIRECTS + 1):
-                _check_url(target, allow_loopback=allow_loopback, provider=provider)
+                _check_url(
+                    target, allow_loopback=allow_loopback, provider=provider, patterns=patterns
+                )
                 async with session.get(
                     target,
                     allow_redirects=False,
@@ -959,9 +1065,7 @@ async def download(
             "The provider's result took too long to download.", provider=provider
         ) from None
     except aiohttp.InvalidURL:
-        raise _bad_link(
-            provider, "The provider returned a result link that is not valid."
-        ) from None
+        raise _bad_link(provider, _NOT_VALID) from None
     except (aiohttp.ClientError, ValueError) as exc:
         raise ProviderUnavailable(
             "The provider's result could not be downloaded: the connection failed.",

@@ -16,15 +16,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
 from bot.config import Settings
 from bot.errors import (
     BotError,
+    DeliveryError,
     ImageError,
     JobDeadlineExceeded,
+    JobNotResumable,
     ProviderBadResponse,
     ProviderError,
     UserError,
@@ -36,11 +38,14 @@ from bot.models import (
     Mode,
     OutputRef,
     Progress,
+    ProgressCallback,
     ProviderOutput,
     ResultImage,
+    ResumeHandle,
     Stage,
 )
 from bot.providers.base import Provider
+from bot.providers.validation import check_choice
 from bot.quota.base import Ledger, Reservation
 
 log = logging.getLogger("bot.jobs")
@@ -184,6 +189,19 @@ def _spawn(coro: Awaitable[None]) -> None:
     task.add_done_callback(_background.discard)
 
 
+class Journal(Protocol):
+    """Where accepted jobs are recorded (the job store), step by step."""
+
+    async def admit(self, job: Job) -> bool:
+        """Record a new job; False when its idempotency key is already taken."""
+        ...
+
+    async def record(self, job: Job, status: str, **fields: Any) -> None:
+        """Record a step: ``reservation``, ``provider``, ``provider_job_id``,
+        ``fetch_url``, ``outputs`` or ``error`` may come with it."""
+        ...
+
+
 @dataclass
 class _Attempt:
     provider: Provider
@@ -199,7 +217,11 @@ class Pipeline:
     images: ImageProcessor
     store: ImageStore
     session: aiohttp.ClientSession
+    journal: Journal | None = None
     slots: dict[str, ProviderSlots] = field(default_factory=dict)
+    handing_over: bool = False
+    # Jobs whose provider job id is known (and recorded), so a restart can resume them.
+    _resumable: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         limits = {
@@ -214,13 +236,9 @@ class Pipeline:
         if not self.providers:
             raise UserError("No image provider is configured on this bot; ask its operator.")
         if request.provider is not None:
-            provider = self.providers.get(request.provider)
-            if provider is None:
-                raise ValidationError(
-                    "provider",
-                    f"provider must be one of {', '.join(self.providers)} "
-                    f"(got {request.provider}).",
-                )
+            provider = self.providers[
+                check_choice("provider", request.provider, tuple(self.providers))
+            ]
             if not provider.capabilities.supports(request.mode):
                 raise ValidationError(
                     "provider",
@@ -259,22 +277,16 @@ class Pipeline:
         )
 
     # --- running -------------------------------------------------------------
-    async def run(
-        self,
-        request: GenerationRequest,
-        delivery: Delivery,
-        *,
-        admit: Callable[[Job], Awaitable[bool]] | None = None,
-    ) -> JobOutcome:
-        """Run one request to its end. ``admit`` records the job before anything is
-        spent and returns False for a duplicate (same idempotency key), which then
-        stops here without a word: the first copy is already being handled."""
+    async def run(self, request: GenerationRequest, delivery: Delivery) -> JobOutcome:
+        """Run one request to its end. With a journal the job is recorded before
+        anything is spent; a duplicate (same idempotency key) stops here without a
+        word, since the first copy is already being handled."""
         try:
             job = self.prepare(request)
         except BotError as error:
             await _tell_failure(delivery, None, error)
             return JobOutcome(job=None, error=error)
-        if admit is not None and not await admit(job):
+        if self.journal is not None and not await self.journal.admit(job):
             log.info("job for key %s is a duplicate; ignored", request.idempotency_key)
             return JobOutcome(job=None, duplicate=True)
 
@@ -291,20 +303,76 @@ class Pipeline:
                 mode=job.request.mode.value,
             )
         except BotError as error:
+            await self._record(job, "failed", error=error.user_message)
             await _tell_failure(delivery, job, error)
             return JobOutcome(job=job, error=error)
         if reservation.replayed:
             # The key already paid (or was refunded) for a job: never run it twice.
             log.info("job for key %s was already reserved; ignored", request.idempotency_key)
             return JobOutcome(job=None, duplicate=True)
+        await self._record(job, "reserved", reservation=reservation)
+        return await self._run_reserved(
+            job, reservation, delivery, lambda: self._produce(job, delivery)
+        )
 
-        return await self._run_reserved(job, reservation, delivery)
+    async def resume(
+        self,
+        job: Job,
+        reservation: Reservation,
+        delivery: Delivery,
+        *,
+        provider_job_id: str | None,
+        fetch_url: str | None,
+        outputs: Sequence[OutputRef] = (),
+    ) -> JobOutcome:
+        """Finish a job a previous process started: download outputs already known,
+        or poll the provider's queued job again; refund if neither is possible."""
+        provider = self.providers.get(job.provider)
+
+        async def produce() -> JobResult:
+            if outputs:
+                output = ProviderOutput(
+                    provider=job.provider, outputs=tuple(outputs), provider_job_id=provider_job_id
+                )
+                return await self._finish_output(job, job.request, job.unit_cost, output, delivery)
+            if provider is None or (provider_job_id is None and fetch_url is None):
+                raise JobNotResumable(
+                    "The bot restarted before your image was started, so nothing was "
+                    "charged. Please try again.",
+                    provider=job.provider,
+                )
+            async with asyncio.timeout(self.settings.job_deadline):
+                output = await provider.resume(
+                    job.request,
+                    ResumeHandle(job_id=provider_job_id, fetch_url=fetch_url),
+                    self._progress_reporter(job, delivery),
+                )
+            return await self._finish_output(job, job.request, job.unit_cost, output, delivery)
+
+        return await self._run_reserved(job, reservation, delivery, produce)
+
+    def hand_over(self) -> None:
+        """Shutting down: jobs cancelled from now on whose provider job is known are
+        left for the next start to resume instead of being refunded."""
+        self.handing_over = True
+
+    async def _record(self, job: Job, status: str, **fields: Any) -> None:
+        if self.journal is None:
+            return
+        try:
+            await asyncio.shield(self.journal.record(job, status, **fields))
+        except Exception:
+            log.exception("job %s: could not record status %s", job.id, status)
 
     async def _run_reserved(
-        self, job: Job, reservation: Reservation, delivery: Delivery
+        self,
+        job: Job,
+        reservation: Reservation,
+        delivery: Delivery,
+        produce: Callable[[], Awaitable[JobResult]],
     ) -> JobOutcome:
         try:
-            result = await self._produce(job, delivery)
+            result = await produce()
             charged = min(result.credits_charged, reservation.cost)
             result = replace(
                 result,
@@ -314,6 +382,7 @@ class Pipeline:
                     reservation.guild_remaining, reservation.cost, charged
                 ),
             )
+            await self._record(job, "delivering")
             await _report(delivery, job, Progress(stage=Stage.DELIVERING))
             await delivery.deliver(job, result)
             log.info(
@@ -326,23 +395,32 @@ class Pipeline:
         except BotError as error:
             log.info("job %s failed: %s", job.id, type(error).__name__)
             await self._refund(reservation, f"{type(error).__name__}: {error.user_message}")
+            await self._record(job, "failed", error=error.user_message)
             await _tell_failure(delivery, job, error)
             return JobOutcome(job=job, error=error)
         except asyncio.CancelledError:
-            await self._refund(reservation, "cancelled")
+            if self.handing_over and job.id in self._resumable:
+                log.info("job %s handed over to the next start", job.id)
+            else:
+                await self._refund(reservation, "cancelled")
+                await self._record(job, "failed", error="cancelled")
             raise
         except Exception as exc:
             log.exception("job %s failed unexpectedly", job.id)
             await self._refund(reservation, f"internal error: {type(exc).__name__}")
             internal = BotError("Something went wrong on the bot's side; nothing was charged.")
+            await self._record(job, "failed", error=internal.user_message)
             await _tell_failure(delivery, job, internal)
             return JobOutcome(job=job, error=internal)
+        finally:
+            self._resumable.discard(job.id)
         # The person has the images: a failing settle must not be reported as a
         # failed job; the reservation stays for the next settle attempt or sweep.
         try:
             await asyncio.shield(self.ledger.settle(reservation, charged))
         except Exception:
             log.exception("job %s: settling reservation %s failed", job.id, reservation.id)
+        await self._record(job, "delivered")
         return JobOutcome(job=job, result=result)
 
     async def _refund(self, reservation: Reservation, reason: str) -> None:
@@ -398,19 +476,54 @@ class Pipeline:
             candidates.append(_Attempt(provider, request, self.price(provider, request)))
         return candidates
 
+    def _progress_reporter(self, job: Job, delivery: Delivery) -> ProgressCallback:
+        recorded: set[tuple[str | None, str | None]] = set()
+
+        async def on_progress(progress: Progress) -> None:
+            handle = (progress.provider_job_id, progress.provider_fetch_url)
+            if handle != (None, None) and handle not in recorded:
+                # Recorded before the next poll: a crash from here on can resume.
+                recorded.add(handle)
+                self._resumable.add(job.id)
+                await self._record(
+                    job,
+                    "polling",
+                    provider_job_id=progress.provider_job_id,
+                    fetch_url=progress.provider_fetch_url,
+                )
+            await _report(delivery, job, progress)
+
+        return on_progress
+
     async def _attempt(self, job: Job, attempt: _Attempt, delivery: Delivery) -> JobResult:
         provider = attempt.provider
 
         async def on_position(position: int) -> None:
             await _report(delivery, job, Progress(stage=Stage.QUEUED, queue_position=position))
 
-        async def on_progress(progress: Progress) -> None:
-            await _report(delivery, job, progress)
-
         async with self.slots[provider.name].slot(on_position):
+            await self._record(job, "submitting", provider=provider.name)
             await _report(delivery, job, Progress(stage=Stage.SUBMITTING))
-            output = await provider.generate(attempt.request, on_progress)
+            output = await provider.generate(
+                attempt.request, self._progress_reporter(job, delivery)
+            )
+        return await self._finish_output(job, attempt.request, attempt.unit_cost, output, delivery)
 
+    async def _finish_output(
+        self,
+        job: Job,
+        request: GenerationRequest,
+        unit_cost: int,
+        output: ProviderOutput,
+        delivery: Delivery,
+    ) -> JobResult:
+        # Result links are recorded first: a crash while downloading can fetch again.
+        await self._record(
+            job,
+            "downloading",
+            provider=output.provider,
+            outputs=[ref.url for ref in output.outputs if ref.url is not None],
+        )
         await _report(
             delivery,
             job,
@@ -419,12 +532,12 @@ class Pipeline:
         images = await self._collect(job, output)
         return JobResult(
             job=job,
-            request=attempt.request,
-            provider=provider.name,
+            request=request,
+            provider=output.provider,
             images=images,
-            credits_charged=attempt.unit_cost * len(images),
+            credits_charged=unit_cost * len(images),
             model=output.model,
-            seed=output.seed if output.seed is not None else attempt.request.seed,
+            seed=output.seed if output.seed is not None else request.seed,
             provider_job_id=output.provider_job_id,
             generation_time=output.generation_time,
             elapsed=time.monotonic() - job.started_at,
@@ -446,7 +559,13 @@ class Pipeline:
                 log.warning("job %s: result %d unusable: %s", job.id, index, item.user_message)
                 first_error = first_error or item
                 continue
-            images.append(await self.store.save(job.id, index, item))
+            try:
+                images.append(await self.store.save(job.id, index, item))
+            except DeliveryError as error:
+                # Keeping the original is a convenience (U1-U4 later); a full or
+                # read-only disk must not cost the member the images in hand.
+                log.error("job %s: could not keep result %d: %s", job.id, index, error)
+                images.append(item)
         if images:
             return tuple(images)
         if isinstance(first_error, ProviderError):
@@ -468,6 +587,7 @@ class Pipeline:
                 timeout=self.settings.download_timeout,
                 allow_loopback=self.settings.download_allow_loopback,
                 provider=provider,
+                allowed_hosts=self.settings.result_hosts(),
             )
         else:
             raise ProviderBadResponse(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,8 +15,10 @@ from typing import Any
 import aiosqlite
 
 from bot.config import Settings
+from bot.jobs import Job
 from bot.migrate import apply_migrations, prepare_connection
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
+from bot.quota.base import Reservation
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,10 @@ class JobRecord:
     images: tuple[StoredImage, ...]
     message_id: str | None
     created_at: datetime
+    reservation: Reservation | None = None
+    provider_job_id: str | None = None
+    provider_fetch_url: str | None = None
+    outputs: tuple[str, ...] = ()
 
     def image(self, index: int) -> StoredImage | None:
         return next((image for image in self.images if image.index == index), None)
@@ -141,6 +149,38 @@ class JobStore:
             await apply_migrations(conn)
             yield cls(conn)
 
+    # --- the pipeline's journal ---------------------------------------------
+    async def admit(self, job: Job) -> bool:
+        return await self.record_accepted(job.id, job.request, job.provider, job.cost)
+
+    async def record(self, job: Job, status: str, **fields: Any) -> None:
+        columns = {"status": status, "updated_at": _now()}
+        if "reservation" in fields:
+            columns["reservation_json"] = reservation_to_json(fields["reservation"])
+        if "provider" in fields:
+            columns["provider"] = fields["provider"]
+        if "provider_job_id" in fields:
+            columns["provider_job_id"] = fields["provider_job_id"]
+        if "fetch_url" in fields:
+            columns["provider_fetch_url"] = fields["fetch_url"]
+        if "outputs" in fields:
+            columns["outputs_json"] = json.dumps(list(fields["outputs"]))
+        if "error" in fields:
+            columns["error"] = str(fields["error"])[:500]
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        await self._conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ?",  # noqa: S608 - fixed column names
+            (*columns.values(), job.id),
+        )
+
+    async def unfinished(self) -> list[JobRecord]:
+        """Jobs a previous process accepted and never ended: to resume or refund."""
+        rows = await self._conn.execute_fetchall(
+            "SELECT id FROM jobs WHERE status NOT IN ('delivered', 'failed') ORDER BY created_at"
+        )
+        records = [await self.get(str(row[0])) for row in rows]
+        return [record for record in records if record is not None]
+
     async def record_accepted(
         self, job_id: str, request: GenerationRequest, provider: str, cost: int
     ) -> bool:
@@ -199,7 +239,8 @@ class JobStore:
         rows = list(
             await self._conn.execute_fetchall(
                 "SELECT id, guild_id, channel_id, user_id, provider, request_json, status, cost,"
-                " charged, seed, images_json, message_id, created_at FROM jobs WHERE id = ?",
+                " charged, seed, images_json, message_id, created_at, reservation_json,"
+                " provider_job_id, provider_fetch_url, outputs_json FROM jobs WHERE id = ?",
                 (job_id,),
             )
         )
@@ -221,6 +262,10 @@ class JobStore:
             images=images,
             message_id=row[11],
             created_at=datetime.fromisoformat(row[12]),
+            reservation=reservation_from_json(row[13]) if row[13] else None,
+            provider_job_id=row[14],
+            provider_fetch_url=row[15],
+            outputs=tuple(json.loads(row[16] or "[]")),
         )
 
     async def allowed_channels(self, guild_id: str) -> set[str]:
@@ -257,6 +302,38 @@ class JobStore:
             " updated_at = excluded.updated_at",
             (guild_id, channel_id, _now()),
         )
+
+
+def job_of(record: JobRecord) -> Job:
+    """The pipeline's view of a recorded job, for resuming it."""
+    samples = max(record.request.samples, 1)
+    return Job(
+        id=record.id,
+        request=record.request,
+        original=record.request,
+        provider=record.provider,
+        cost=record.cost,
+        unit_cost=record.cost // samples,
+        started_at=time.monotonic(),
+    )
+
+
+def reservation_to_json(reservation: Reservation) -> str:
+    data = dataclasses.asdict(reservation)
+    for key, value in data.items():
+        if isinstance(value, datetime):
+            data[key] = value.isoformat()
+    return json.dumps(data)
+
+
+def reservation_from_json(text: str) -> Reservation:
+    data = json.loads(text)
+    for item in dataclasses.fields(Reservation):
+        value = data.get(item.name)
+        if isinstance(value, str) and item.name in ("created_at", "period_start", "resets_at"):
+            data[item.name] = datetime.fromisoformat(value)
+    known = {item.name for item in dataclasses.fields(Reservation)}
+    return Reservation(**{key: value for key, value in data.items() if key in known})
 
 
 def _image_to_dict(image: StoredImage) -> dict[str, Any]:

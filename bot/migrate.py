@@ -1,10 +1,17 @@
-"""Schema migrations for the SQLite database: ``bot/migrations/NNN_name.sql``.
+"""Schema migrations: ``bot/migrations/NNN_name.sql`` for SQLite and
+``bot/migrations/postgres/NNN_name.sql`` for PostgreSQL.
 
-Files are applied in number order, each in its own ``BEGIN IMMEDIATE``
-transaction together with its row in ``schema_migrations``, so a crash leaves
-either all of a migration or none of it, and several processes starting at once
-apply each file exactly once (the second one waits for the lock, then sees the
-row). A database from an older version therefore upgrades in place.
+The two folders hold one numbered sequence: the same numbers and names, each
+file doing the same thing in its dialect (a test checks that they match), so a
+version number means the same schema on either database and
+``python -m bot migrate-data`` can copy one into the other.
+
+Files are applied in number order, each in its own transaction together with its
+row in ``schema_migrations``, so a crash leaves either all of a migration or none
+of it, and several processes starting at once apply each file exactly once (the
+second one waits for the lock, then sees the row): ``BEGIN IMMEDIATE`` in SQLite,
+a transaction-level advisory lock in PostgreSQL. A database from an older
+version therefore upgrades in place.
 """
 
 from __future__ import annotations
@@ -13,13 +20,24 @@ import asyncio
 import logging
 import re
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aiosqlite
 
+from bot.errors import BotError
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+POSTGRES_MIGRATIONS_DIR = MIGRATIONS_DIR / "postgres"
+
+# An arbitrary advisory-lock key ("imgbotmg"): taken while migrating, so that
+# processes starting together apply each PostgreSQL migration once.
+PG_MIGRATION_LOCK = 0x696D67626F746D67
 
 _NAME = re.compile(r"^(\d{3})_[A-Za-z0-9_]+\.sql$")
 
@@ -173,3 +191,142 @@ async def apply_migrations(
         logger.info("applied migration %s", migration.name)
         applied.append(migration.version)
     return applied
+
+
+# --- PostgreSQL ------------------------------------------------------------------
+
+
+class DatabaseUnavailable(BotError):
+    """The configured database cannot be reached or refused us."""
+
+
+def is_postgres_url(url: str | None) -> bool:
+    return url is not None and url.startswith("postgresql://")
+
+
+def describe_database(url: str | None, sqlite_path: Path | None = None) -> str:
+    """Where a database is, for logs and output: never the user or password."""
+    if is_postgres_url(url):
+        assert url is not None
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or "the local socket"
+            port = parts.port
+        except ValueError:
+            return "a PostgreSQL database (DATABASE_URL could not be parsed)"
+        name = unquote(parts.path.lstrip("/")) or "(default database)"
+        where = f"{host}:{port}" if port else host
+        return f"PostgreSQL database {name} on {where}"
+    if url is not None and url.startswith("sqlite:///"):
+        return f"SQLite file {url.removeprefix('sqlite:///')}"
+    return f"SQLite file {sqlite_path}" if sqlite_path is not None else "SQLite"
+
+
+@contextmanager
+def pg_errors(url: str) -> Iterator[None]:
+    """Turn failures to connect into ``DatabaseUnavailable`` with a message that
+    names the server but never the user's password."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    try:
+        yield
+    except ValueError as exc:
+        # asyncpg's message may quote parts of the URL, password included.
+        raise DatabaseUnavailable(
+            f"DATABASE_URL is not a usable postgresql:// URL ({describe_database(url)})"
+        ) from exc
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to {describe_database(url)}: {exc}") from exc
+
+
+async def pg_connect(url: str, **kwargs: Any) -> Any:
+    """One asyncpg connection (see ``pg_errors``)."""
+    import asyncpg
+
+    with pg_errors(url):
+        return await asyncpg.connect(url, **kwargs)
+
+
+async def pg_applied_versions(conn: Any) -> list[int]:
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    if not exists:
+        return []
+    rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    return [int(row["version"]) for row in rows]
+
+
+async def apply_postgres_migrations(
+    conn: Any,
+    *,
+    directory: Path = POSTGRES_MIGRATIONS_DIR,
+    upto: int | None = None,
+    migrations: list[Migration] | None = None,
+) -> list[int]:
+    """Apply pending migrations to the schema first on ``conn``'s search_path
+    (up to ``upto``) and return the versions applied."""
+    if migrations is None:
+        migrations = await asyncio.to_thread(load_migrations, directory)
+    applied: list[int] = []
+    for migration in migrations:
+        if upto is not None and migration.version > upto:
+            break
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", PG_MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL,"
+                " applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            done = await conn.fetchval(
+                "SELECT 1 FROM schema_migrations WHERE version = $1", migration.version
+            )
+            if done:
+                continue
+            # No arguments: asyncpg sends the file as one simple query, which
+            # may hold several statements, all inside this transaction.
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                datetime.now(UTC),
+            )
+        logger.info("applied migration %s", migration.name)
+        applied.append(migration.version)
+    return applied
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationReport:
+    database: str
+    applied: list[Migration]
+    current: int
+
+
+async def migrate_database(url: str | None, sqlite_path: Path) -> MigrationReport:
+    """Bring the database ``url`` names (SQLite at ``sqlite_path`` when it is
+    not PostgreSQL) up to date."""
+    postgres = is_postgres_url(url)
+    directory = POSTGRES_MIGRATIONS_DIR if postgres else MIGRATIONS_DIR
+    migrations = await asyncio.to_thread(load_migrations, directory)
+    by_version = {m.version: m for m in migrations}
+    if postgres:
+        assert url is not None
+        conn = await pg_connect(url)
+        try:
+            versions = await apply_postgres_migrations(conn, migrations=migrations)
+            current = max(await pg_applied_versions(conn), default=0)
+        finally:
+            await conn.close()
+    else:
+        await asyncio.to_thread(sqlite_path.parent.mkdir, parents=True, exist_ok=True)
+        async with aiosqlite.connect(sqlite_path, isolation_level=None) as sqlite:
+            await prepare_connection(sqlite)
+            versions = await apply_migrations(sqlite, migrations=migrations)
+            current = max(await applied_versions(sqlite), default=0)
+    return MigrationReport(
+        database=describe_database(url, sqlite_path),
+        applied=[by_version[v] for v in versions],
+        current=current,
+    )

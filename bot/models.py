@@ -87,10 +87,19 @@ class Progress:
     queue_position: int | None = None  # 1 = next, for Stage.QUEUED
     eta_seconds: float | None = None  # provider's estimate, for Stage.PROCESSING
     provider_job_id: str | None = None
+    provider_fetch_url: str | None = None  # where a restarted bot can poll again
     message: str | None = None
 
 
 ProgressCallback = Callable[[Progress], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeHandle:
+    """What a provider needs to poll a queued job again after a restart."""
+
+    job_id: str | None
+    fetch_url: str | None
 
 
 @dataclass(frozen=True, slots=True)

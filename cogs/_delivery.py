@@ -31,6 +31,12 @@ log = logging.getLogger("bot.delivery")
 
 NO_MENTIONS = discord.AllowedMentions.none()
 TITLES = {Mode.TEXT: "Imagine", Mode.EDIT: "Edit", Mode.BLEND: "Blend"}
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's lowest tier, when the guild is unknown
+UPLOAD_ATTEMPTS = 3
+
+
+def _too_large(exc: discord.HTTPException) -> bool:
+    return exc.status == 413 or exc.code == 40005
 
 
 def token_expiring(interaction: discord.Interaction[Any], window: float) -> bool:
@@ -102,18 +108,45 @@ async def plan_messages(
     return await images.fit_for_upload(results, max_bytes=limit, max_files=10, grid=grid)
 
 
-class InteractionDelivery:
-    """Implements bot.jobs.Delivery for a deferred interaction."""
+class DiscordDelivery:
+    """Implements bot.jobs.Delivery for a deferred interaction, or, without one
+    (a job resumed after a restart), for the channel the job came from."""
 
-    def __init__(self, bot: ImageBot, interaction: discord.Interaction[ImageBot]) -> None:
+    def __init__(
+        self,
+        bot: ImageBot,
+        interaction: discord.Interaction[ImageBot] | None,
+        *,
+        channel_id: int | None = None,
+    ) -> None:
         self.bot = bot
         self.interaction = interaction
+        self.channel_id = channel_id or (interaction.channel_id if interaction else None)
         self._last_edit = 0.0
         self._last_text = ""
         self.messages: list[discord.Message] = []
+        self._dead_token = False
+
+    def _token_died(self, exc: discord.HTTPException) -> bool:
+        """Invalid Webhook Token (50027) or Unknown Webhook (10015): the token is
+        gone sooner than expected, so everything further goes to the channel."""
+        if exc.code in (50027, 10015) or exc.status == 401:
+            self._dead_token = True
+            log.warning("interaction token no longer valid; posting in the channel")
+            return True
+        return False
 
     def _expiring(self) -> bool:
+        if self.interaction is None or self._dead_token:
+            return True
         return token_expiring(self.interaction, self.bot.settings.interaction_window)
+
+    def _upload_limit(self) -> int:
+        if self.interaction is not None:
+            return self.interaction.filesize_limit
+        channel = self.bot.get_channel(self.channel_id or 0)
+        guild = getattr(channel, "guild", None)
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
     async def progress(self, job: Job, progress: Progress) -> None:
         text = describe_progress(progress, job.provider)
@@ -121,29 +154,30 @@ class InteractionDelivery:
         # Discord rate-limits edits; a courtesy update is never worth a 429.
         if text == self._last_text or now - self._last_edit < self.bot.settings.progress_interval:
             return
-        if self._expiring():
+        if self.interaction is None or self._expiring():
             return  # progress is a courtesy; never spend a channel message on it
         self._last_edit, self._last_text = now, text
         await self.interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
 
     async def deliver(self, job: Job, result: JobResult) -> None:
-        limit = self.interaction.filesize_limit
-        plan = await plan_messages(self.bot.runtime.images, result.images, limit)
-        embed = result_embed(result)
-        first = plan[0]
-        preview = first[0].filename
-        embed.set_image(url=f"attachment://{preview}")
-        view = result_view(job.id, len(result.images), can_vary=self._can_vary())
-        try:
-            message = await self._send_first(job, embed, first, view)
-            self.messages.append(message)
-            for extra in plan[1:]:
-                self.messages.append(await self._send_more(extra))
-        except discord.HTTPException as exc:
-            raise DeliveryError(
-                "Discord refused the upload of your images, so nothing was charged "
-                f"(HTTP {exc.status})."
-            ) from exc
+        limit = self._upload_limit()
+        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+            plan = await plan_messages(self.bot.runtime.images, result.images, limit)
+            try:
+                await self._send_plan(job, result, plan)
+                break
+            except discord.HTTPException as exc:
+                # A 413 before anything was posted means the guild's real limit is
+                # lower than Discord told us: fit again, smaller, and retry.
+                if _too_large(exc) and not self.messages and attempt < UPLOAD_ATTEMPTS:
+                    log.warning("job %s: upload of %d bytes refused; retrying", job.id, limit)
+                    limit //= 2
+                    continue
+                raise DeliveryError(
+                    "Discord refused the upload of your images, so nothing was charged "
+                    f"(HTTP {exc.status})."
+                ) from exc
+        message = self.messages[0]
         await self.bot.jobs.mark_delivered(
             job.id,
             charged=result.credits_charged,
@@ -152,20 +186,32 @@ class InteractionDelivery:
             message_id=str(message.id),
         )
 
+    async def _send_plan(self, job: Job, result: JobResult, plan: list[list[UploadFile]]) -> None:
+        embed = result_embed(result)
+        embed.set_image(url=f"attachment://{plan[0][0].filename}")
+        view = result_view(job.id, len(result.images), can_vary=self._can_vary())
+        self.messages.append(await self._send_first(job, embed, plan[0], view))
+        for extra in plan[1:]:
+            self.messages.append(await self._send_more(extra))
+
     def _can_vary(self) -> bool:
         return any(p.capabilities.supports(Mode.EDIT) for p in self.bot.runtime.providers.values())
 
     async def _send_first(
         self, job: Job, embed: discord.Embed, uploads: Sequence[UploadFile], view: discord.ui.View
     ) -> discord.Message:
-        if not self._expiring():
-            return await self.interaction.edit_original_response(
-                content=None,
-                embed=embed,
-                attachments=to_files(uploads),
-                view=view,
-                allowed_mentions=NO_MENTIONS,
-            )
+        if self.interaction is not None and not self._expiring():
+            try:
+                return await self.interaction.edit_original_response(
+                    content=None,
+                    embed=embed,
+                    attachments=to_files(uploads),
+                    view=view,
+                    allowed_mentions=NO_MENTIONS,
+                )
+            except discord.HTTPException as exc:
+                if not self._token_died(exc):
+                    raise
         channel = self._channel()
         requester = discord.Object(id=int(job.request.requester.user_id))
         message = await channel.send(
@@ -181,20 +227,26 @@ class InteractionDelivery:
         return message
 
     async def _send_more(self, uploads: Sequence[UploadFile]) -> discord.Message:
-        if not self._expiring():
-            return await self.interaction.followup.send(
-                files=to_files(uploads), wait=True, allowed_mentions=NO_MENTIONS
-            )
+        if self.interaction is not None and not self._expiring():
+            try:
+                return await self.interaction.followup.send(
+                    files=to_files(uploads), wait=True, allowed_mentions=NO_MENTIONS
+                )
+            except discord.HTTPException as exc:
+                if not self._token_died(exc):
+                    raise
         return await self._channel().send(files=to_files(uploads), allowed_mentions=NO_MENTIONS)
 
     def _channel(self) -> discord.abc.Messageable:
-        channel = self.interaction.channel
+        channel = self.interaction.channel if self.interaction else None
         if isinstance(channel, discord.abc.Messageable):
             return channel
-        return self.bot.get_partial_messageable(self.interaction.channel_id or 0)
+        return self.bot.get_partial_messageable(self.channel_id or 0)
 
     async def _drop_placeholder(self) -> None:
-        # With an expired token the "thinking" placeholder simply stays.
+        # With an expired token (or none, after a restart) the placeholder stays.
+        if self.interaction is None:
+            return
         with contextlib.suppress(discord.HTTPException):
             await self.interaction.delete_original_response()
 
@@ -222,17 +274,28 @@ class InteractionDelivery:
         return stored
 
     async def fail(self, job: Job | None, error: BotError) -> None:
-        if job is not None:
-            await self.bot.jobs.mark_failed(job.id, error.user_message)
         text = f"❌ {error.user_message}"
-        if not self._expiring():
+        if self.interaction is not None and not self._expiring():
             # After a public defer Discord turns the first follow-up into the
             # placeholder itself, so the placeholder is where the answer goes.
-            await self.interaction.edit_original_response(
-                content=text, embeds=[], attachments=[], view=None, allowed_mentions=NO_MENTIONS
-            )
+            try:
+                await self.interaction.edit_original_response(
+                    content=text,
+                    embeds=[],
+                    attachments=[],
+                    view=None,
+                    allowed_mentions=NO_MENTIONS,
+                )
+                return
+            except discord.HTTPException as exc:
+                if not self._token_died(exc):
+                    raise
+        if job is not None:
+            user_id = int(job.request.requester.user_id)
+        elif self.interaction is not None:
+            user_id = self.interaction.user.id
+        else:
             return
-        user_id = int(job.request.requester.user_id) if job else self.interaction.user.id
         requester = discord.Object(id=user_id)
         await self._channel().send(
             f"<@{user_id}> {text}",

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.config import DISCORD_CDN_HOSTS
 from bot.errors import BotError, ImageError, UserError
-from bot.images import download
-from bot.jobs import Job, JobOutcome
+from bot.images import download, too_large_message
+from bot.jobs import JobOutcome
 from bot.jobstore import JobRecord, StoredImage
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
-from cogs._delivery import NO_MENTIONS, InteractionDelivery, to_files
+from cogs._delivery import NO_MENTIONS, DiscordDelivery, to_files
 
 if TYPE_CHECKING:
     from bot.app import ImageBot
@@ -64,6 +65,8 @@ class GenerationService:
         attachments: Sequence[discord.Attachment] = (),
     ) -> JobOutcome | None:
         """Acknowledge at once, then run the job; every failure reaches the member."""
+        if not self.bot.accepting:
+            raise UserError("The bot is restarting; please try again in a minute.")
         if not interaction.response.is_done():
             try:
                 await interaction.response.defer(thinking=True)
@@ -72,7 +75,7 @@ class GenerationService:
                 # late to answer: the member's first copy, if any, is being handled.
                 log.warning("could not acknowledge interaction %s: %s", interaction.id, exc)
                 return None
-        delivery = InteractionDelivery(self.bot, interaction)
+        delivery = DiscordDelivery(self.bot, interaction)
         try:
             await self._check_channel(interaction)
             references = await self.load_attachments(attachments)
@@ -87,11 +90,7 @@ class GenerationService:
             # The provider's safety checker stays on outside age-restricted channels.
             safety_checker=None if is_age_restricted(interaction) else True,
         )
-
-        async def admit(job: Job) -> bool:
-            return await self.bot.jobs.record_accepted(job.id, job.request, job.provider, job.cost)
-
-        return await self.bot.runtime.pipeline.run(request, delivery, admit=admit)
+        return await self.bot.run_job(self.bot.runtime.pipeline.run(request, delivery))
 
     async def _check_channel(self, interaction: discord.Interaction[Any]) -> None:
         if interaction.guild_id is None:
@@ -105,14 +104,19 @@ class GenerationService:
     async def load_attachments(
         self, attachments: Sequence[discord.Attachment]
     ) -> list[ReferenceImage]:
-        return list(await asyncio.gather(*(self._load_attachment(a) for a in attachments)))
+        try:
+            return list(await asyncio.gather(*(self._load_attachment(a) for a in attachments)))
+        except ImageError as error:
+            if len(attachments) < 2 or error.filename is None:
+                raise
+            # Among several files, "that file is a PDF" must say which one.
+            raise ImageError(f"{error.filename}: {error.user_message}") from None
 
     async def _load_attachment(self, attachment: discord.Attachment) -> ReferenceImage:
         settings = self.bot.settings
         if attachment.size > settings.input_max_bytes:
             raise ImageError(
-                f"{attachment.filename} is {attachment.size / 1e6:.1f} MB; the most allowed is "
-                f"{settings.input_max_bytes / 1e6:.0f} MB."
+                too_large_message(attachment.filename, attachment.size, settings.input_max_bytes)
             )
         try:
             data = await attachment.read()
@@ -121,9 +125,13 @@ class GenerationService:
                 f"Could not download {attachment.filename} from Discord (HTTP {exc.status}); "
                 "please attach it again."
             ) from exc
-        return await self.bot.runtime.images.load_reference(
-            data, filename=attachment.filename, url=attachment.url
-        )
+        try:
+            return await self.bot.runtime.images.load_reference(
+                data, filename=attachment.filename, url=attachment.url
+            )
+        except ImageError as error:
+            error.filename = attachment.filename
+            raise
 
     async def image_of(self, record: JobRecord, n: int) -> ReferenceImage:
         """Result image N of an earlier job, as a reference for a new one."""
@@ -152,6 +160,7 @@ class GenerationService:
                 timeout=settings.download_timeout,
                 allow_loopback=settings.download_allow_loopback,
                 provider="discord",
+                allowed_hosts=DISCORD_CDN_HOSTS,
             )
         except BotError:
             raise UserError(
@@ -175,6 +184,7 @@ class GenerationService:
                     timeout=settings.download_timeout,
                     allow_loopback=settings.download_allow_loopback,
                     provider="discord",
+                    allowed_hosts=DISCORD_CDN_HOSTS,
                 )
             except BotError:
                 raise UserError(
@@ -203,7 +213,7 @@ class GenerationService:
             record = await self.record_for(interaction, job_id)
             request = await self.rehydrate(replace(record.request, seed=None))
         except BotError as error:
-            await InteractionDelivery(self.bot, interaction).fail(None, error)
+            await DiscordDelivery(self.bot, interaction).fail(None, error)
             return
         await self.start(interaction, request)
 
@@ -220,7 +230,7 @@ class GenerationService:
             record = await self.record_for(interaction, job_id)
             reference = await self.image_of(record, n)
         except BotError as error:
-            await InteractionDelivery(self.bot, interaction).fail(None, error)
+            await DiscordDelivery(self.bot, interaction).fail(None, error)
             return
         request = GenerationRequest(
             mode=Mode.EDIT,
@@ -250,7 +260,7 @@ class GenerationService:
                 for upload in plan[0]
             ]
         except BotError as error:
-            await InteractionDelivery(self.bot, interaction).fail(None, error)
+            await DiscordDelivery(self.bot, interaction).fail(None, error)
             return
         await interaction.edit_original_response(
             content=f"Image {n} at full size ({image.width}×{image.height}).",

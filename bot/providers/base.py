@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from bot.models import GenerationRequest, Mode, ProgressCallback, ProviderOutput
+from bot.models import GenerationRequest, Mode, ProgressCallback, ProviderOutput, ResumeHandle
 
 ASPECT_RATIOS: tuple[str, ...] = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "21:9")
 
@@ -92,4 +92,11 @@ class Provider(Protocol):
         self, request: GenerationRequest, on_progress: ProgressCallback
     ) -> ProviderOutput:
         """Run one validated request to completion (submit, poll), or raise ProviderError."""
+        ...
+
+    async def resume(
+        self, request: GenerationRequest, handle: ResumeHandle, on_progress: ProgressCallback
+    ) -> ProviderOutput:
+        """Poll a job a previous process submitted; raise JobNotResumable if the
+        provider has no such thing (synchronous APIs)."""
         ...

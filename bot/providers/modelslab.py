@@ -47,6 +47,7 @@ from bot.models import (
     ProgressCallback,
     ProviderOutput,
     ReferenceImage,
+    ResumeHandle,
     Stage,
 )
 from bot.providers._http import (
@@ -443,6 +444,14 @@ class ModelsLabProvider:
         except TimeoutError:
             raise self._http.deadline_exceeded(deadline, job_id) from None
 
+    async def resume(
+        self, request: GenerationRequest, handle: ResumeHandle, on_progress: ProgressCallback
+    ) -> ProviderOutput:
+        """Poll a job submitted before a restart; the caller bounds the time."""
+        queued = _Queued(job_id=handle.job_id, eta=None, fetch_url=handle.fetch_url)
+        output = await self._poll(request, queued, on_progress)
+        return self._finish(output, request)
+
     async def _poll(
         self, request: GenerationRequest, queued: _Queued, on_progress: ProgressCallback
     ) -> ProviderOutput:
@@ -489,7 +498,10 @@ class ModelsLabProvider:
 
     async def _report(self, on_progress: ProgressCallback, queued: _Queued) -> None:
         progress = Progress(
-            stage=Stage.PROCESSING, eta_seconds=queued.eta, provider_job_id=queued.job_id
+            stage=Stage.PROCESSING,
+            eta_seconds=queued.eta,
+            provider_job_id=queued.job_id,
+            provider_fetch_url=queued.fetch_url,
         )
         try:
             await on_progress(progress)

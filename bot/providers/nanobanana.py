@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from bot.config import Settings
-from bot.errors import ValidationError
+from bot.errors import JobNotResumable, ValidationError
 from bot.models import (
     GenerationRequest,
     Mode,
@@ -46,6 +46,7 @@ from bot.models import (
     ProgressCallback,
     ProviderOutput,
     ReferenceImage,
+    ResumeHandle,
     Stage,
 )
 from bot.providers._http import REDACTED, HttpResponse, ProviderHttp, parse_retry_after
@@ -248,6 +249,16 @@ class NanoBananaProvider:
                 content_type=ref.mime or "application/octet-stream",
             )
         return form
+
+    async def resume(
+        self, request: GenerationRequest, handle: ResumeHandle, on_progress: ProgressCallback
+    ) -> ProviderOutput:
+        # generate is one synchronous call: a restart loses its answer for good.
+        raise JobNotResumable(
+            "Nano Banana Pro was making your image when the bot restarted, and its answer "
+            "cannot be fetched again, so nothing was charged. Please try again.",
+            provider=self.name,
+        )
 
     async def generate(
         self, request: GenerationRequest, on_progress: ProgressCallback

@@ -10,6 +10,8 @@ reading documentation. The Discord edge and ``/help`` read the same
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -46,9 +48,17 @@ MAX_TEXT_OPTION_LENGTH = 500
 OptionCheck = Callable[[Any], Any]
 
 
+# Echoed values land in a Discord message: escaped, "**x**" or "[a](https://b)" shows
+# as typed instead of as formatting or a disguised link.
+_MARKDOWN = re.compile(r"([\\*_~|`\[\]<>])")
+
+
 def _fmt(value: Any) -> str:
     text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    # One line: a newline would start a heading or quote inside the message.
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return _MARKDOWN.sub(r"\\\1", text)
 
 
 def _num(value: float) -> str:
@@ -64,12 +74,26 @@ def _range_words(minimum: float, maximum: float) -> str:
     return f"{_num(minimum)} to {_num(maximum)}"
 
 
+# Characters that draw nothing although str.isspace() says otherwise (Hangul fillers,
+# the blank Braille pattern): a classic way to send an "empty" message on Discord.
+_BLANK_GLYPHS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
+
+
+def _looks_blank(text: str) -> bool:
+    """True when nothing in ``text`` would be visible: white space, control and
+    format characters (zero-width space, joiners, direction marks) and blank glyphs."""
+    return all(
+        ch.isspace() or ch in _BLANK_GLYPHS or unicodedata.category(ch) in ("Cc", "Cf", "Zs")
+        for ch in text
+    )
+
+
 def check_prompt(prompt: str, *, max_length: int, option: str = "prompt") -> str:
     """Strip surrounding white space; reject empty or over-long prompts."""
     if not isinstance(prompt, str):
         raise ValidationError(option, f"{option} must be text.")
     text = prompt.strip()
-    if not text:
+    if _looks_blank(text):
         raise ValidationError(option, f"{option} must not be empty.")
     if len(text) > max_length:
         raise ValidationError(

@@ -13,7 +13,7 @@ from bot.quota.models import (
     ThresholdEvent,
     UsageRow,
 )
-from bot.quota.service import QuotaPolicy, QuotaService, open_ledger
+from bot.quota.service import QuotaPolicy, QuotaService, open_ledger, store_for, store_for_url
 from bot.quota.sqlite_store import SqliteLedgerStore
 from bot.quota.store import LedgerStore, LedgerTx
 
@@ -38,4 +38,6 @@ __all__ = [
     "UnlimitedLedger",
     "UsageRow",
     "open_ledger",
+    "store_for",
+    "store_for_url",
 ]

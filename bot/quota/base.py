@@ -59,6 +59,15 @@ class Ledger(Protocol):
         """Release the hold. Idempotent; a no-op on a settled reservation."""
         ...
 
+    async def adopt(self, reservation_ids: Sequence[str]) -> dict[str, Reservation]:
+        """Take over reservations a previous process held (to finish their jobs);
+        returns those still held, by id. Crash sweeps no longer refund them."""
+        ...
+
+    async def sweep_expired(self) -> list[Reservation]:
+        """Refund what expired or what a dead process left; returns the refunds."""
+        ...
+
 
 class UnlimitedLedger:
     """Allows everything and records nothing: for tests of the pipeline alone."""
@@ -102,3 +111,14 @@ class UnlimitedLedger:
     async def refund(self, reservation: Reservation, reason: str) -> None:
         if reservation.id not in self.settled:
             self.refunded.setdefault(reservation.id, reason)
+
+    async def sweep_expired(self) -> list[Reservation]:
+        return []
+
+    async def adopt(self, reservation_ids: Sequence[str]) -> dict[str, Reservation]:
+        held = {r.id: r for r in self._by_key.values()}
+        return {
+            rid: held[rid]
+            for rid in reservation_ids
+            if rid in held and rid not in self.settled and rid not in self.refunded
+        }

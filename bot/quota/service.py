@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from bot.errors import ConfigError, QuotaRefused
+from bot.migrate import is_postgres_url
 from bot.quota.base import Reservation
 from bot.quota.models import (
     THRESHOLDS,
@@ -48,7 +49,7 @@ from bot.quota.owner import current_owner, owner_gone
 from bot.quota.periods import PERIOD_WORDS, Period, parse_period, period_bounds, utc_day_bounds
 from bot.quota.periods import zone as check_zone
 from bot.quota.sqlite_store import SqliteLedgerStore
-from bot.quota.store import LedgerStore, LedgerTx
+from bot.quota.store import BUDGET_SCOPE, LedgerStore, LedgerTx, guild_scope, user_scope
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -126,11 +127,35 @@ class QuotaService:
         self._owner: Owner | None = None
 
     # --- life cycle ----------------------------------------------------------
-    async def start(self) -> list[Reservation]:
-        """Open the store (migrating it) and refund what expired or crashed."""
+    async def start(self, *, sweep: bool = True) -> list[Reservation]:
+        """Open the store (migrating it) and refund what expired or crashed.
+
+        A process that resumes jobs (the bot) passes ``sweep=False``, adopts the
+        reservations of the jobs it can finish, and sweeps after that.
+        """
         self._owner = await asyncio.to_thread(current_owner)
         await self.store.open()
-        return await self.sweep_expired()
+        return await self.sweep_expired() if sweep else []
+
+    async def adopt(self, reservation_ids: Sequence[str]) -> dict[str, Reservation]:
+        """Take over reservations of a previous process, so its jobs can be finished
+        here; crash sweeps then see a live owner. Returns those still held."""
+        me = self.owner
+        now = self.now()
+
+        async def run(tx: LedgerTx) -> dict[str, Reservation]:
+            held: dict[str, Reservation] = {}
+            for reservation_id in reservation_ids:
+                if await tx.set_owner(reservation_id, me, now):
+                    entry = await tx.entry_by_reservation(reservation_id)
+                    if entry is not None:
+                        held[reservation_id] = self._reservation(entry)
+            return held
+
+        held = await self.store.write(run)
+        for reservation_id in held:
+            logger.info("adopted reservation %s to finish its job", reservation_id)
+        return held
 
     async def close(self) -> None:
         await self.store.close()
@@ -317,6 +342,9 @@ class QuotaService:
         policy = self.policy
 
         async def run(tx: LedgerTx) -> tuple[Reservation, list[ThresholdEvent]]:
+            # Before any read: a concurrent reservation with this key, in this
+            # pool or by this member, has then committed and is seen below.
+            await tx.lock(guild_scope(guild_id), user_scope(user_id))
             now = self.now()
             existing = await tx.entry_by_key(idempotency_key)
             if existing is not None:
@@ -402,6 +430,9 @@ class QuotaService:
                 )
 
             if policy.global_daily_budget is not None:
+                # Taken last and only when there is a budget: it serialises
+                # reservations of every guild.
+                await tx.lock(BUDGET_SCOPE)
                 day_start, day_end = utc_day_bounds(now)
                 spent = await tx.global_totals(day_start, day_end)
                 budget_left = max(0, policy.global_daily_budget - spent.total)
@@ -472,9 +503,18 @@ class QuotaService:
                         entry.cost_reserved,
                     )
                     charge = entry.cost_reserved
-                await tx.finish_entry(entry.reservation_id, "settled", charge, reason, now)
+                changed = await tx.finish_entry(
+                    entry.reservation_id, "settled", charge, reason, now
+                )
             else:
-                await tx.finish_entry(entry.reservation_id, "refunded", None, reason, now)
+                changed = await tx.finish_entry(entry.reservation_id, "refunded", None, reason, now)
+            if not changed:
+                # Settled, refunded or swept by another process since the read
+                # above (no scope lock is taken here).
+                logger.info(
+                    "%s of reservation %s ignored: it was just finished", state, reservation.id
+                )
+                return False, []
             scope = await self._scope(tx, entry.guild_id, now)
             return True, await self._thresholds(tx, scope, now)
 
@@ -554,6 +594,7 @@ class QuotaService:
             check_zone(tz)
 
         async def run(tx: LedgerTx) -> GuildConfig:
+            await tx.lock(guild_scope(guild_id))
             now = self.now()
             old = await self._config(tx, guild_id, now)
             config = GuildConfig(
@@ -574,6 +615,7 @@ class QuotaService:
             raise ValueError(f"credits must be 0 or more, not {credits}")
 
         async def run(tx: LedgerTx) -> GuildConfig:
+            await tx.lock(guild_scope(guild_id))
             now = self.now()
             old = await self._config(tx, guild_id, now)
             config = GuildConfig(
@@ -594,6 +636,7 @@ class QuotaService:
             raise ValueError(f"credits must be 0 or more, not {credits}")
 
         async def run(tx: LedgerTx) -> None:
+            await tx.lock(guild_scope(guild_id))
             now = self.now()
             await self._config(tx, guild_id, now, create=True)
             await tx.set_role_limit(guild_id, role_id, credits, now)
@@ -601,7 +644,11 @@ class QuotaService:
         await self.store.write(run)
 
     async def remove_role_limit(self, guild_id: str, role_id: str) -> bool:
-        return await self.store.write(lambda tx: tx.remove_role_limit(guild_id, role_id))
+        async def run(tx: LedgerTx) -> bool:
+            await tx.lock(guild_scope(guild_id))
+            return await tx.remove_role_limit(guild_id, role_id)
+
+        return await self.store.write(run)
 
     async def set_user_limit(self, guild_id: str, user_id: str, credits: int | None) -> None:
         """A member's own allowance, beating their roles; None: unlimited."""
@@ -609,6 +656,7 @@ class QuotaService:
             raise ValueError(f"credits must be 0 or more, not {credits}")
 
         async def run(tx: LedgerTx) -> None:
+            await tx.lock(guild_scope(guild_id))
             now = self.now()
             await self._config(tx, guild_id, now, create=True)
             await tx.set_user_limit(guild_id, user_id, credits, now)
@@ -616,7 +664,11 @@ class QuotaService:
         await self.store.write(run)
 
     async def remove_user_limit(self, guild_id: str, user_id: str) -> bool:
-        return await self.store.write(lambda tx: tx.remove_user_limit(guild_id, user_id))
+        async def run(tx: LedgerTx) -> bool:
+            await tx.lock(guild_scope(guild_id))
+            return await tx.remove_user_limit(guild_id, user_id)
+
+        return await self.store.write(run)
 
     async def grant(
         self,
@@ -632,6 +684,7 @@ class QuotaService:
             raise ValueError(f"a grant must be 1 credit or more, not {credits}")
 
         async def run(tx: LedgerTx) -> Grant:
+            await tx.lock(guild_scope(guild_id))
             now = self.now()
             scope = await self._scope(tx, guild_id, now, create=True)
             return await tx.add_grant(guild_id, user_id, credits, scope.start, by, reason, now)
@@ -645,6 +698,9 @@ class QuotaService:
         its members, by recording a marker; the history stays."""
 
         async def run(tx: LedgerTx) -> ResetMarker:
+            # The marker puts every entry up to the newest id behind it: no
+            # reservation of this guild may be between its insert and commit.
+            await tx.lock(guild_scope(guild_id))
             now = self.now()
             scope = await self._scope(tx, guild_id, now, create=True)
             return await tx.add_reset(guild_id, user_id, scope.start, by, reason, now)
@@ -656,6 +712,7 @@ class QuotaService:
             raise ValueError("until must be timezone-aware")
 
         async def run(tx: LedgerTx) -> Ban:
+            await tx.lock(guild_scope(guild_id))
             now = self.now()
             await self._config(tx, guild_id, now, create=True)
             return await tx.add_ban(guild_id, user_id, until, reason, by, now)
@@ -663,9 +720,11 @@ class QuotaService:
         return await self.store.write(run)
 
     async def unban(self, guild_id: str, user_id: str, by: str) -> bool:
-        return (
-            await self.store.write(lambda tx: tx.lift_bans(guild_id, user_id, by, self.now())) > 0
-        )
+        async def run(tx: LedgerTx) -> int:
+            await tx.lock(guild_scope(guild_id))
+            return await tx.lift_bans(guild_id, user_id, by, self.now())
+
+        return await self.store.write(run) > 0
 
     async def active_ban(self, guild_id: str, user_id: str) -> Ban | None:
         return await self.store.read(lambda tx: tx.active_ban(guild_id, user_id, self.now()))
@@ -836,13 +895,24 @@ class QuotaService:
         )
 
 
+def store_for_url(url: str, *, pool_size: int = 10) -> LedgerStore:
+    """The store for ``sqlite:///PATH`` or ``postgresql://...``."""
+    if is_postgres_url(url):
+        from bot.quota.postgres_store import PostgresLedgerStore
+
+        return PostgresLedgerStore(url, pool_size=pool_size)
+    if url.startswith("sqlite:///"):
+        return SqliteLedgerStore(url.removeprefix("sqlite:///"))
+    raise ConfigError("DATABASE_URL: must start with sqlite:/// or postgresql://")
+
+
 def store_for(settings: Settings) -> LedgerStore:
-    """The store ``DATABASE_URL`` names (SQLite for now)."""
+    """The store ``DATABASE_URL`` names: PostgreSQL for ``postgresql://...``,
+    otherwise SQLite (``sqlite:///PATH``, by default ``DATA_DIR/bot.db``)."""
     url = settings.database_url
-    if url is not None and url.startswith("postgresql://"):
-        raise ConfigError(
-            "DATABASE_URL: PostgreSQL is not supported yet; use sqlite:///PATH or leave it empty"
-        )
+    if is_postgres_url(url):
+        assert url is not None
+        return store_for_url(url, pool_size=settings.database_pool_size)
     return SqliteLedgerStore(settings.sqlite_path)
 
 
@@ -853,16 +923,18 @@ async def open_ledger(
     now: Clock | None = None,
     on_threshold: ThresholdCallback | None = None,
     sweep: bool = True,
+    sweep_at_start: bool = True,
 ) -> AsyncIterator[QuotaService]:
     """The ledger, migrated and swept; with ``sweep`` a task keeps sweeping
-    every ``SWEEP_INTERVAL`` seconds until the block ends."""
+    every ``SWEEP_INTERVAL`` seconds until the block ends. ``sweep_at_start=False``
+    leaves the first sweep to the caller (after it adopted what it will finish)."""
     service = QuotaService(
         store_for(settings),
         QuotaPolicy.from_settings(settings),
         now=now,
         on_threshold=on_threshold,
     )
-    await service.start()
+    await service.start(sweep=sweep_at_start)
     task = asyncio.create_task(service.run_sweeper(), name="quota-sweeper") if sweep else None
     try:
         yield service

@@ -143,6 +143,9 @@ class SqliteTx:
         finally:
             await cursor.close()
 
+    async def lock(self, *scopes: str) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` already excludes every other writer."""
+
     # --- guild configuration ------------------------------------------------
     async def get_guild(self, guild_id: str) -> GuildConfig | None:
         row = await self._one("SELECT * FROM quota_guilds WHERE guild_id = ?", (guild_id,))
@@ -323,6 +326,14 @@ class SqliteTx:
             "UPDATE quota_entries SET state = ?, cost_settled = ?, reason = ?, updated_at = ?"
             " WHERE reservation_id = ? AND state = 'reserved'",
             (state, cost_settled, reason, to_db(now), reservation_id),
+        )
+        return count > 0
+
+    async def set_owner(self, reservation_id: str, owner: Owner, now: datetime) -> bool:
+        count = await self._run(
+            "UPDATE quota_entries SET owner_host = ?, owner_pid = ?, owner_started = ?,"
+            " updated_at = ? WHERE reservation_id = ? AND state = 'reserved'",
+            (owner.host, owner.pid, owner.started, to_db(now), reservation_id),
         )
         return count > 0
 

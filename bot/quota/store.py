@@ -2,12 +2,24 @@
 
 The service holds the policy (which limits apply, what a refusal says); a store
 holds the data and the transactions. Everything dialect-specific (SQL, locking)
-lives in the store, so that a PostgreSQL store can be added beside
-``SqliteLedgerStore`` without touching the service or its callers.
+lives in the store (``SqliteLedgerStore``, ``PostgresLedgerStore``), so the
+service and its callers do not know which database they use.
 
-``write`` must serialise writers across processes (SQLite: ``BEGIN
-IMMEDIATE``; PostgreSQL would take a transaction-level advisory lock or use
-SERIALIZABLE) so that the service's check-then-insert in ``reserve`` is atomic.
+The service's check-then-insert in ``reserve`` must be atomic across
+processes. A write transaction that decides from sums, or changes a guild's
+settings, first calls ``LedgerTx.lock`` with the scopes it reads or changes
+(``guild_scope``, ``user_scope``, ``BUDGET_SCOPE``); two writers naming a common
+scope run one after the other. ``SqliteLedgerStore`` serialises all writers
+anyway (``BEGIN IMMEDIATE``), so ``lock`` does nothing there;
+``PostgresLedgerStore`` locks one row per scope, so reservations in different
+guilds by different members run in parallel.
+
+Scopes are taken in the order guild, user, budget (each at most once), which
+is the same order in every transaction, so two writers never wait for each
+other in a circle. Settling, refunding and sweeping take no scope: they only
+move one entry out of ``reserved`` with a conditional update, which can lower a
+sum another writer has just read but never raise it.
+
 All datetimes in and out are aware UTC.
 """
 
@@ -25,15 +37,31 @@ from bot.quota.models import (
     GuildConfig,
     LimitOverride,
     NewEntry,
+    Owner,
     ResetMarker,
     Totals,
 )
 
 T = TypeVar("T")
 
+BUDGET_SCOPE = "budget"
+
+
+def guild_scope(guild_id: str) -> str:
+    return f"guild:{guild_id}"
+
+
+def user_scope(user_id: str) -> str:
+    return f"user:{user_id}"
+
 
 class LedgerTx(Protocol):
     """Reads and writes inside one transaction."""
+
+    async def lock(self, *scopes: str) -> None:
+        """Hold ``scopes`` until the transaction ends, waiting for any other
+        transaction holding one of them; afterwards reads see what it committed."""
+        ...
 
     # --- guild configuration ------------------------------------------------
     async def get_guild(self, guild_id: str) -> GuildConfig | None: ...
@@ -88,6 +116,10 @@ class LedgerTx(Protocol):
         ...
 
     async def reserved_entries(self) -> list[Entry]: ...
+
+    async def set_owner(self, reservation_id: str, owner: Owner, now: datetime) -> bool:
+        """Make ``owner`` the holder of a ``reserved`` entry; False if not reserved."""
+        ...
 
     async def entries(
         self,
@@ -178,9 +210,12 @@ class LedgerStore(Protocol):
     async def close(self) -> None: ...
 
     async def write(self, fn: Callable[[LedgerTx], Awaitable[T]]) -> T:
-        """Run ``fn`` in a transaction that excludes every other writer, in any
-        process, and commit it (roll back if ``fn`` raises). Cancelling the
-        caller must not leave the transaction half done."""
+        """Run ``fn`` in a transaction and commit it (roll back if ``fn``
+        raises); writers that ``lock`` a common scope are serialised, in any
+        process. ``fn`` may be run again from the start if the database asks
+        for a retry (a deadlock, a unique key taken by a concurrent writer), so
+        it must not have effects outside the transaction. Cancelling the caller
+        must not leave the transaction half done."""
         ...
 
     async def read(self, fn: Callable[[LedgerTx], Awaitable[T]]) -> T:

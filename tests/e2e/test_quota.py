@@ -272,7 +272,9 @@ async def test_role_limits_user_default_and_reset(world: World):
         options=[opt("prompt", "two of two"), opt("samples", 2, 4)],
     )
     assert (await final(interaction)).embeds
-    assert "**0** of 2 left" in answer(await quota(world, "show", world.moderator_id, member(plain)))
+    assert "**0** of 2 left" in answer(
+        await quota(world, "show", world.moderator_id, member(plain))
+    )
     await quota(world, "reset", world.moderator_id, member(plain))
     assert "**2** of 2 left" in answer(
         await quota(world, "show", world.moderator_id, member(plain))

@@ -272,21 +272,51 @@ async def test_calls_in_flight_are_limited_and_queue_positions_reported(make_run
     assert 2 in queued and 1 in queued
 
 
-async def test_duplicate_admission_runs_once(make_runtime, emu):
-    runtime = await make_runtime()
-    seen: set[str] = set()
+@dataclass
+class MemoryJournal:
+    seen: set[str] = field(default_factory=set)
+    steps: list[tuple[str, str]] = field(default_factory=list)
 
-    async def admit(job: Job) -> bool:
+    async def admit(self, job: Job) -> bool:
         key = job.request.idempotency_key
-        if key in seen:
+        if key in self.seen:
             return False
-        seen.add(key)
+        self.seen.add(key)
         return True
 
+    async def record(self, job: Job, status: str, **fields: Any) -> None:
+        self.steps.append((job.id, status))
+
+
+async def test_duplicate_admission_runs_once(make_runtime, emu):
+    runtime = await make_runtime()
+    runtime.pipeline.journal = MemoryJournal()
     first, second = await asyncio.gather(
-        runtime.pipeline.run(text_request("dup"), RecordingDelivery(), admit=admit),
-        runtime.pipeline.run(text_request("dup"), RecordingDelivery(), admit=admit),
+        runtime.pipeline.run(text_request("dup"), RecordingDelivery()),
+        runtime.pipeline.run(text_request("dup"), RecordingDelivery()),
     )
     assert sorted([first.duplicate, second.duplicate]) == [False, True]
+    assert len(emu.requests_to("text2img")) == 1
+    assert await guild_used(runtime) == (1, 0)
+
+
+async def test_journal_records_every_step_and_the_provider_handle(make_runtime, emu):
+    runtime = await make_runtime()
+    journal = MemoryJournal()
+    runtime.pipeline.journal = journal
+    emu.script("text2img", Processing(polls=2, eta=0.02))
+    outcome = await runtime.pipeline.run(text_request("steps"), RecordingDelivery())
+    assert outcome.ok
+    statuses = [status for _, status in journal.steps]
+    assert statuses[0] == "reserved"
+    assert statuses.index("submitting") < statuses.index("polling")
+    assert statuses[-3:] == ["downloading", "delivering", "delivered"]
+
+
+async def test_a_replayed_key_never_runs_twice(make_runtime, emu):
+    runtime = await make_runtime()
+    first = await runtime.pipeline.run(text_request("same-key"), RecordingDelivery())
+    again = await runtime.pipeline.run(text_request("same-key"), RecordingDelivery())
+    assert first.ok and again.duplicate
     assert len(emu.requests_to("text2img")) == 1
     assert await guild_used(runtime) == (1, 0)

@@ -1,4 +1,4 @@
-"""The operator's ``quota`` shell commands, run against a real SQLite file."""
+"""The operator's ``quota`` shell commands, run against a real database of each backend."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings, load_settings
-from bot.quota import QuotaPolicy, QuotaService, SqliteLedgerStore
+from bot.quota import QuotaPolicy, QuotaService, store_for
 from bot.quota.cli import add_quota_parser, run_quota_command
+from tests.conftest import LedgerDb
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,9 +24,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, ledger_db: LedgerDb) -> Settings:
     return load_settings(
-        env_file=None, data_dir=tmp_path, default_pool_credits=50, default_user_allowance=10
+        env_file=None,
+        data_dir=tmp_path,
+        database_url=ledger_db.url,
+        default_pool_credits=50,
+        default_user_allowance=10,
     )
 
 
@@ -36,9 +41,7 @@ async def run(settings: Settings, *argv: str) -> int:
 
 
 async def reserve(settings: Settings, user: str, cost: int, key: str) -> None:
-    service = QuotaService(
-        SqliteLedgerStore(settings.sqlite_path), QuotaPolicy.from_settings(settings)
-    )
+    service = QuotaService(store_for(settings), QuotaPolicy.from_settings(settings))
     await service.start()
     try:
         reservation = await service.reserve(

@@ -1,4 +1,4 @@
-"""The quota service on real SQLite files: limits, messages, queries."""
+"""The quota service on real databases (SQLite and PostgreSQL): limits, messages, queries."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import csv
 import io
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,16 +13,17 @@ from pathlib import Path
 import pytest
 
 from bot.config import load_settings
-from bot.errors import ConfigError, QuotaRefused
+from bot.errors import QuotaRefused
+from bot.migrate import DatabaseUnavailable
 from bot.quota import (
     Ledger,
     QuotaPolicy,
     QuotaService,
     Reservation,
-    SqliteLedgerStore,
     ThresholdEvent,
     open_ledger,
 )
+from tests.conftest import LedgerDb
 
 T0 = datetime(2024, 6, 12, 15, 0, tzinfo=UTC)  # a Wednesday
 
@@ -43,7 +43,8 @@ MakeLedger = Callable[..., Awaitable[QuotaService]]
 
 
 @pytest.fixture
-async def make_ledger(tmp_path: Path) -> AsyncIterator[MakeLedger]:
+async def make_ledger(ledger_db: LedgerDb) -> AsyncIterator[MakeLedger]:
+    """Services on the test's database, one per call (as if one per process)."""
     services: list[QuotaService] = []
 
     async def make(
@@ -51,10 +52,9 @@ async def make_ledger(tmp_path: Path) -> AsyncIterator[MakeLedger]:
         *,
         clock: Clock | None = None,
         on_threshold: Callable[[ThresholdEvent], Awaitable[None]] | None = None,
-        path: Path | None = None,
     ) -> QuotaService:
         service = QuotaService(
-            SqliteLedgerStore(path or tmp_path / "quota.db"),
+            ledger_db.store(),
             policy
             or QuotaPolicy(
                 default_pool_credits=100,
@@ -556,19 +556,18 @@ async def test_usage_export_and_job_info(make_ledger: MakeLedger) -> None:
     assert (fox["prompt"], fox["state"], fox["cost_settled"]) == ("a red fox", "settled", "3")
 
 
-async def test_ledger_rows_sum_to_the_balance(make_ledger: MakeLedger, tmp_path: Path) -> None:
+async def test_ledger_rows_sum_to_the_balance(make_ledger: MakeLedger, ledger_db: LedgerDb) -> None:
     ledger = await make_ledger()
     a = await ledger.reserve("g", "u", [], 5, "k1")
     await ledger.reserve("g", "u", [], 3, "k2")
     await ledger.settle(a, 4)
     await ledger.grant("g", 7, by="mod")
-    with sqlite3.connect(tmp_path / "quota.db") as db:
-        settled, reserved = db.execute(
-            "SELECT SUM(CASE WHEN state='settled' THEN cost_settled ELSE 0 END),"
-            " SUM(CASE WHEN state='reserved' THEN cost_reserved ELSE 0 END)"
-            " FROM quota_entries WHERE guild_id='g'"
-        ).fetchone()
-        granted = db.execute("SELECT SUM(credits) FROM quota_grants").fetchone()[0]
+    ((settled, reserved),) = await ledger_db.fetch(
+        "SELECT SUM(CASE WHEN state='settled' THEN cost_settled ELSE 0 END),"
+        " SUM(CASE WHEN state='reserved' THEN cost_reserved ELSE 0 END)"
+        " FROM quota_entries WHERE guild_id='g'"
+    )
+    ((granted,),) = await ledger_db.fetch("SELECT SUM(credits) FROM quota_grants")
     balance = (await ledger.balance("g")).guild
     assert (balance.used, balance.reserved, balance.limit) == (settled, reserved, 100 + granted)
 
@@ -584,10 +583,34 @@ async def test_open_ledger_from_settings(tmp_path: Path) -> None:
     async with open_ledger(settings, sweep=False) as ledger:
         assert (await ledger.balance("g")).guild.reserved == 3
 
-    postgres = load_settings(env_file=None, database_url="postgresql://db/bot")
-    with pytest.raises(ConfigError, match="PostgreSQL"):
-        async with open_ledger(postgres):
+
+async def test_open_ledger_from_postgres_settings(pg_url: str, tmp_path: Path) -> None:
+    settings = load_settings(
+        env_file=None,
+        data_dir=tmp_path / "data",
+        database_url=pg_url,
+        database_pool_size=2,
+        default_pool_credits=3,
+        sweep_interval=0.01,
+    )
+    async with open_ledger(settings) as ledger:
+        assert type(ledger.store).__name__ == "PostgresLedgerStore"
+        await ledger.reserve("g", "u", [], 3, "k")
+    async with open_ledger(settings, sweep=False) as ledger:
+        assert (await ledger.balance("g")).guild.reserved == 3
+    assert not (tmp_path / "data" / "bot.db").exists()
+
+
+async def test_unreachable_postgres_is_reported_without_the_password() -> None:
+    settings = load_settings(
+        env_file=None, database_url="postgresql://bot:s3cret-pw@127.0.0.1:1/ledger"
+    )
+    with pytest.raises(DatabaseUnavailable) as info:
+        async with open_ledger(settings):
             pass
+    message = info.value.user_message
+    assert "PostgreSQL database ledger on 127.0.0.1:1" in message
+    assert "s3cret" not in message and "bot:" not in message
 
 
 async def test_refuses_bad_arguments(make_ledger: MakeLedger) -> None:

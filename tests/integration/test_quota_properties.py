@@ -1,9 +1,10 @@
 """Property test: random interleavings of ledger operations against a model.
 
 Reserve, settle, refund, grant, reset, sweep and clock jumps (period rollovers,
-across DST in New York and London) run against a real SQLite file; after every
-step, balances match an independent model, never go negative, never exceed
-their limits, and equal what a raw SQL sum over the ledger tables gives.
+across DST in New York and London) run against a real SQLite file, and against a
+PostgreSQL schema where ``TEST_DATABASE_URL`` is set; after every step, balances
+match an independent model, never go negative, never exceed their limits, and
+equal what a raw SQL sum over the ledger tables gives.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import shutil
 import sqlite3
 import tempfile
 from collections.abc import Coroutine
-from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -30,9 +32,18 @@ from hypothesis.stateful import (
 )
 
 from bot.errors import QuotaRefused
-from bot.quota import QuotaPolicy, QuotaService, Reservation, SqliteLedgerStore, ThresholdEvent
+from bot.quota import QuotaPolicy, QuotaService, Reservation, ThresholdEvent
 from bot.quota.periods import Period, period_bounds, utc_day_bounds
-from bot.quota.sqlite_store import to_db
+from tests.conftest import (
+    BACKENDS,
+    PG_SKIP,
+    LedgerDb,
+    create_schema,
+    drop_schema,
+    numbered,
+    pg_base_url,
+    sqlite_db,
+)
 
 GUILDS: dict[str, tuple[int, Period, str]] = {
     "ny": (20, "day", "America/New_York"),
@@ -73,19 +84,33 @@ class ModelMark:
 
 
 class LedgerMachine(RuleBasedStateMachine):
+    # The PostgreSQL server to make a schema on for each example; None: SQLite.
+    server: ClassVar[str | None] = None
+
     def __init__(self) -> None:
         super().__init__()
-        self.dir = Path(tempfile.mkdtemp(prefix="quota-props-"))
-        self.db = self.dir / "quota.db"
         self.now = START
         self.loop = asyncio.new_event_loop()
+        self.dir: Path | None = None
+        self.schema: str | None = None
+        # One connection for the invariants' raw sums, opened after the store
+        # has created the schema.
+        self.raw: Any = None
+        self.raw_sqlite: sqlite3.Connection | None = None
+        if self.server is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="quota-props-"))
+            self.db = sqlite_db(self.dir / "quota.db")
+        else:
+            url, self.schema = self.run(create_schema(self.server))
+            self.db = LedgerDb("postgresql", url)
+            self.raw = self.run(asyncpg.connect(url))
         self.events: list[ThresholdEvent] = []
 
         async def record(event: ThresholdEvent) -> None:
             self.events.append(event)
 
         self.ledger = QuotaService(
-            SqliteLedgerStore(self.db),
+            self.db.store(),
             QuotaPolicy(
                 default_pool_credits=0,
                 default_user_allowance=DEFAULT_ALLOWANCE,
@@ -111,10 +136,25 @@ class LedgerMachine(RuleBasedStateMachine):
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
+    def fetch(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        if self.raw is not None:
+            return [tuple(row) for row in self.run(self.raw.fetch(numbered(sql), *params))]
+        if self.raw_sqlite is None:
+            assert self.db.path is not None
+            self.raw_sqlite = sqlite3.connect(self.db.path, isolation_level=None)
+        return [tuple(row) for row in self.raw_sqlite.execute(sql, params).fetchall()]
+
     def teardown(self) -> None:
         self.run(self.ledger.close())
+        if self.raw is not None:
+            self.run(self.raw.close())
+        if self.raw_sqlite is not None:
+            self.raw_sqlite.close()
+        if self.server is not None and self.schema is not None:
+            self.run(drop_schema(self.server, self.schema))
         self.loop.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     # --- the model ----------------------------------------------------------
     def bounds(self, guild: str) -> tuple[datetime, datetime]:
@@ -306,38 +346,45 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def ledger_tables_sum_to_the_balances(self) -> None:
-        with closing(sqlite3.connect(self.db)) as db:
-            for guild in GUILDS:
-                start, end = (to_db(t) for t in self.bounds(guild))
-                mark = db.execute(
-                    "SELECT COALESCE(MAX(after_entry_id), 0) FROM quota_resets WHERE guild_id = ?"
-                    " AND user_id IS NULL AND period_start >= ? AND period_start < ?",
-                    (guild, start, end),
-                ).fetchone()[0]
-                used, held = db.execute(
-                    "SELECT COALESCE(SUM(CASE WHEN state = 'settled' THEN cost_settled END), 0),"
-                    " COALESCE(SUM(CASE WHEN state = 'reserved' THEN cost_reserved END), 0)"
-                    " FROM quota_entries WHERE guild_id = ? AND period_start >= ?"
-                    " AND period_start < ? AND id > ?",
-                    (guild, start, end, mark),
-                ).fetchone()
-                granted = db.execute(
-                    "SELECT COALESCE(SUM(credits), 0) FROM quota_grants WHERE guild_id = ?"
-                    " AND user_id IS NULL AND period_start >= ? AND period_start < ?",
-                    (guild, start, end),
-                ).fetchone()[0]
-                pool = self.run(self.ledger.balance(guild)).guild
-                assert (pool.used, pool.reserved, pool.limit) == (
-                    used,
-                    held,
-                    GUILDS[guild][0] + granted,
-                )
-            # Every entry is in exactly one state, and a charge never exceeds its hold.
-            bad = db.execute(
-                "SELECT COUNT(*) FROM quota_entries WHERE cost_settled > cost_reserved"
-                " OR (state = 'settled') != (cost_settled IS NOT NULL)"
-            ).fetchone()[0]
-            assert bad == 0
+        db = self.db
+        for guild in GUILDS:
+            start, end = (db.time(t) for t in self.bounds(guild))
+            ((mark,),) = self.fetch(
+                "SELECT COALESCE(MAX(after_entry_id), 0) FROM quota_resets WHERE guild_id = ?"
+                " AND user_id IS NULL AND period_start >= ? AND period_start < ?",
+                guild,
+                start,
+                end,
+            )
+            ((used, held),) = self.fetch(
+                "SELECT COALESCE(SUM(CASE WHEN state = 'settled' THEN cost_settled END), 0),"
+                " COALESCE(SUM(CASE WHEN state = 'reserved' THEN cost_reserved END), 0)"
+                " FROM quota_entries WHERE guild_id = ? AND period_start >= ?"
+                " AND period_start < ? AND id > ?",
+                guild,
+                start,
+                end,
+                mark,
+            )
+            ((granted,),) = self.fetch(
+                "SELECT COALESCE(SUM(credits), 0) FROM quota_grants WHERE guild_id = ?"
+                " AND user_id IS NULL AND period_start >= ? AND period_start < ?",
+                guild,
+                start,
+                end,
+            )
+            pool = self.run(self.ledger.balance(guild)).guild
+            assert (pool.used, pool.reserved, pool.limit) == (
+                used,
+                held,
+                GUILDS[guild][0] + granted,
+            )
+        # Every entry is in exactly one state, and a charge never exceeds its hold.
+        ((bad,),) = self.fetch(
+            "SELECT COUNT(*) FROM quota_entries WHERE cost_settled > cost_reserved"
+            " OR (state = 'settled') != (cost_settled IS NOT NULL)"
+        )
+        assert bad == 0
 
     @invariant()
     def thresholds_fire_once(self) -> None:
@@ -345,11 +392,20 @@ class LedgerMachine(RuleBasedStateMachine):
         assert len(fired) == len(set(fired))
 
 
-def test_ledger_state_machine() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ledger_state_machine(backend: str) -> None:
+    machine: type[LedgerMachine] = LedgerMachine
+    examples = 30
+    if backend == "postgresql":
+        server = pg_base_url()
+        if server is None:
+            pytest.skip(PG_SKIP)
+        machine = type("PostgresLedgerMachine", (LedgerMachine,), {"server": server})
+        examples = 10  # a schema and its migrations per example
     run_state_machine_as_test(
-        LedgerMachine,
+        machine,
         settings=settings(
-            max_examples=30,
+            max_examples=examples,
             stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],

@@ -1,0 +1,125 @@
+"""Shared fixtures: the ledger's database on either backend.
+
+PostgreSQL tests need ``TEST_DATABASE_URL`` (CI sets it) and are skipped
+without it. Each test gets a schema of its own on that database, dropped
+afterwards, so tests run in any order and a re-run starts clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import uuid
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import aiosqlite
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from bot.quota import LedgerStore, store_for_url
+from bot.quota.sqlite_store import to_db
+
+T = TypeVar("T")
+
+PG_SKIP = "TEST_DATABASE_URL is not set: the PostgreSQL half needs a server (CI sets it)"
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pg_base_url() -> str | None:
+    return os.environ.get("TEST_DATABASE_URL") or None
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end from synchronous code, even inside a test
+    whose event loop is running: on a loop of its own, in another thread."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """``url`` with the server option that makes ``schema`` the default one
+    (libpq's syntax, which asyncpg and psql both accept)."""
+    option = quote(f"-csearch_path={schema}", safe="")
+    return f"{url}{'&' if '?' in url else '?'}options={option}"
+
+
+async def create_schema(base_url: str) -> tuple[str, str]:
+    """A new empty schema: (its URL, its name)."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(base_url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {name}")
+    finally:
+        await conn.close()
+    return with_search_path(base_url, name), name
+
+
+async def drop_schema(base_url: str, name: str) -> None:
+    conn = await asyncpg.connect(base_url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL schema, dropped after the test."""
+    base = pg_base_url()
+    if base is None:
+        pytest.skip(PG_SKIP)
+    url, name = run_sync(create_schema(base))
+    yield url
+    run_sync(drop_schema(base, name))
+
+
+@dataclass(frozen=True)
+class LedgerDb:
+    """One test's ledger database, whichever backend."""
+
+    backend: str
+    url: str
+    path: Path | None = None
+
+    def store(self) -> LedgerStore:
+        return store_for_url(self.url)
+
+    def time(self, value: datetime) -> Any:
+        """A datetime as the backend stores it, for raw queries."""
+        return to_db(value) if self.backend == "sqlite" else value
+
+    async def fetch(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Raw rows, bypassing the store; ``sql`` uses ``?`` placeholders."""
+        if self.path is not None:
+            async with aiosqlite.connect(self.path) as db:
+                return [tuple(row) for row in await db.execute_fetchall(sql, params)]
+        conn = await asyncpg.connect(self.url)
+        try:
+            rows = await conn.fetch(numbered(sql), *params)
+        finally:
+            await conn.close()
+        return [tuple(row) for row in rows]
+
+
+def numbered(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's ``$1``, ``$2``, ..."""
+    counter = iter(range(1, sql.count("?") + 1))
+    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+def sqlite_db(path: Path) -> LedgerDb:
+    return LedgerDb("sqlite", f"sqlite:///{path}", path)
+
+
+@pytest.fixture(params=BACKENDS)
+def ledger_db(request: pytest.FixtureRequest, tmp_path: Path) -> LedgerDb:
+    if request.param == "sqlite":
+        return sqlite_db(tmp_path / "quota.db")
+    return LedgerDb("postgresql", request.getfixturevalue("pg_url"))

@@ -1,0 +1,225 @@
+"""Killing the bot at each step of a job and starting it again loses nothing.
+
+The bot runs as a real subprocess (`python -m bot run`) against the emulators,
+which live in the test process and outlive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import Settings
+from bot.quota import open_ledger
+from tests.e2e.conftest import populate
+from tests.e2e.test_generation import opt
+from tests.emulators.discord import DiscordEmulator
+from tests.emulators.providers import Hang, Processing, ProviderEmulator
+
+
+class BotProcess:
+    def __init__(self, env: dict[str, str], cwd: Path, log: Path) -> None:
+        self.env, self.cwd, self.log = env, cwd, log
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, discord_emu: DiscordEmulator) -> None:
+        identified = discord_emu.identifies
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot", "--env-file", os.devnull, "run",
+                env=self.env, cwd=self.cwd, stdout=log, stderr=log,
+            )  # fmt: skip
+        await discord_emu.wait_for(
+            lambda: discord_emu.identifies > identified, timeout=30, what="bot IDENTIFY"
+        )
+        await discord_emu.wait_until_ready()
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+
+    async def wait(self, timeout: float = 30) -> int:  # noqa: ASYNC109
+        assert self.process is not None
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+@pytest.fixture
+async def setup(tmp_path):
+    async with (
+        DiscordEmulator(heartbeat_interval=2.0) as discord_emu,
+        ProviderEmulator() as providers,
+    ):
+        ids = populate(discord_emu)
+        data = tmp_path / "data"
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp_path),
+            "DISCORD_TOKEN": discord_emu.token,
+            "DISCORD_API_BASE_URL": discord_emu.api_base,
+            "DISCORD_GATEWAY_URL": discord_emu.gateway_url,
+            "DEV_GUILD_ID": str(ids["guild_id"]),
+            "MODELSLAB_API_KEY": "ml-test-key",
+            "MODELSLAB_BASE_URL": providers.modelslab_base_url,
+            "NANOBANANA_API_KEY": "sk-test-key",
+            "NANOBANANA_BASE_URL": providers.nanobanana_base_url,
+            "DATA_DIR": str(data),
+            "DOWNLOAD_ALLOW_LOOPBACK": "true",
+            "POLL_INITIAL": "0.05",
+            "POLL_MAX": "0.2",
+            "RETRY_BACKOFF_MAX": "0.05",
+            "DEFAULT_POOL_CREDITS": "100",
+            "SHUTDOWN_GRACE": "0.5",
+        }
+        bot = BotProcess(env, tmp_path, tmp_path / "bot.log")
+        try:
+            yield discord_emu, providers, ids, bot, env
+        finally:
+            await bot.stop()
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    return Settings(_env_file=None, data_dir=Path(env["DATA_DIR"]))
+
+
+async def guild_balance(env: dict[str, str], guild_id: int) -> Any:
+    async with open_ledger(_settings(env), sweep=False) as ledger:
+        return (await ledger.balance(str(guild_id))).guild
+
+
+def results_in(discord_emu: DiscordEmulator, channel_id: int) -> list[Any]:
+    """Results posted as channel messages (not as interaction responses)."""
+    return [
+        m
+        for m in discord_emu.channel_messages(channel_id)
+        if m.webhook_id is None
+        and m.embeds
+        and (m.embeds[0].get("footer") or {}).get("text", "").startswith("Job ")
+    ]
+
+
+def notices_in(discord_emu: DiscordEmulator, channel_id: int, member_id: int) -> list[Any]:
+    return [
+        m
+        for m in discord_emu.channel_messages(channel_id)
+        if m.content.startswith(f"<@{member_id}>") and not m.embeds
+    ]
+
+
+async def imagine(discord_emu, ids, prompt: str, provider: str = "modelslab"):
+    return await discord_emu.slash(
+        "imagine",
+        guild_id=ids["guild_id"],
+        channel_id=ids["channel_id"],
+        user_id=ids["member_id"],
+        options=[opt("prompt", prompt), opt("provider", provider)],
+    )
+
+
+async def test_killed_while_polling_resumes_and_delivers_once(setup):
+    discord_emu, providers, ids, bot, env = setup
+    await bot.start(discord_emu)
+    providers.script("text2img", Processing(polls=40, eta=0.1))
+    await imagine(discord_emu, ids, "survive a crash")
+    await discord_emu.wait_for(lambda: len(providers.requests_to("fetch")) >= 2, timeout=20)
+    bot.kill()
+    await bot.wait()
+    polls_before = len(providers.requests_to("fetch"))
+
+    await bot.start(discord_emu)
+    await discord_emu.wait_for(lambda: results_in(discord_emu, ids["channel_id"]), timeout=60)
+    await asyncio.sleep(0.5)
+    (posted,) = results_in(discord_emu, ids["channel_id"])
+    assert posted.content.startswith(f"<@{ids['member_id']}>")
+    assert posted.attachments
+    assert len(providers.requests_to("fetch")) > polls_before  # it polled again
+    assert len(providers.requests_to("text2img")) == 1  # and never submitted twice
+    balance = await guild_balance(env, ids["guild_id"])
+    assert (balance.used, balance.reserved) == (1, 0)
+
+
+async def test_killed_while_downloading_fetches_again(setup):
+    discord_emu, providers, ids, bot, env = setup
+    await bot.start(discord_emu)
+    providers.script("file", Hang(120))
+    await imagine(discord_emu, ids, "download me")
+    await discord_emu.wait_for(lambda: bool(providers.requests_to("file")), timeout=20)
+    await asyncio.sleep(0.3)
+    bot.kill()
+    await bot.wait()
+
+    await bot.start(discord_emu)
+    await discord_emu.wait_for(lambda: results_in(discord_emu, ids["channel_id"]), timeout=60)
+    assert len(providers.requests_to("text2img")) == 1
+    balance = await guild_balance(env, ids["guild_id"])
+    assert (balance.used, balance.reserved) == (1, 0)
+
+
+async def test_killed_during_a_synchronous_call_refunds_and_says_why(setup):
+    discord_emu, providers, ids, bot, env = setup
+    await bot.start(discord_emu)
+    providers.script("nbpro", Hang(120))
+    await imagine(discord_emu, ids, "lost in flight", provider="nanobanana")
+    await discord_emu.wait_for(lambda: bool(providers.requests_to("nbpro")), timeout=20)
+    await asyncio.sleep(0.3)
+    bot.kill()
+    await bot.wait()
+
+    await bot.start(discord_emu)
+    member = ids["member_id"]
+    await discord_emu.wait_for(
+        lambda: notices_in(discord_emu, ids["channel_id"], member), timeout=30
+    )
+    (notice,) = notices_in(discord_emu, ids["channel_id"], member)
+    assert "nothing was charged" in notice.content
+    balance = await guild_balance(env, ids["guild_id"])
+    assert (balance.used, balance.reserved) == (0, 0)
+
+
+async def test_killed_while_queued_refunds_the_waiting_job(setup):
+    discord_emu, providers, ids, bot, env = setup
+    bot.env["MODELSLAB_MAX_QUEUED"] = "1"
+    bot.env["MAX_JOBS_IN_FLIGHT_PER_USER"] = "5"
+    await bot.start(discord_emu)
+    providers.script("text2img", Hang(120))
+    await imagine(discord_emu, ids, "first, hanging")
+    await discord_emu.wait_for(lambda: bool(providers.requests_to("text2img")), timeout=20)
+    await imagine(discord_emu, ids, "second, queued")
+    await asyncio.sleep(1.0)
+    bot.kill()
+    await bot.wait()
+
+    await bot.start(discord_emu)
+    member = ids["member_id"]
+    await discord_emu.wait_for(
+        lambda: len(notices_in(discord_emu, ids["channel_id"], member)) >= 2, timeout=30
+    )
+    balance = await guild_balance(env, ids["guild_id"])
+    assert (balance.used, balance.reserved) == (0, 0)
+
+
+async def test_sigterm_hands_over_and_the_next_start_delivers(setup):
+    discord_emu, providers, ids, bot, env = setup
+    await bot.start(discord_emu)
+    providers.script("text2img", Processing(polls=40, eta=0.1))
+    await imagine(discord_emu, ids, "graceful")
+    await discord_emu.wait_for(lambda: len(providers.requests_to("fetch")) >= 2, timeout=20)
+    assert bot.process is not None
+    bot.process.send_signal(signal.SIGTERM)
+    assert await bot.wait(timeout=20) == 0
+
+    await bot.start(discord_emu)
+    await discord_emu.wait_for(lambda: results_in(discord_emu, ids["channel_id"]), timeout=60)
+    balance = await guild_balance(env, ids["guild_id"])
+    assert (balance.used, balance.reserved) == (1, 0)
+    discord_emu.assert_no_violations()
