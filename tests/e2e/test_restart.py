@@ -223,3 +223,28 @@ async def test_sigterm_hands_over_and_the_next_start_delivers(setup):
     balance = await guild_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (1, 0)
     discord_emu.assert_no_violations()
+
+
+async def test_killed_while_uploading_posts_once_on_the_next_start(setup):
+    discord_emu, providers, ids, bot, env = setup
+    await bot.start(discord_emu)
+    providers.script("text2img", Processing(polls=3, eta=0.2))
+    interaction = await imagine(discord_emu, ids, "caught mid-upload")
+    # Let the progress edit through, then hold the result upload with a long 429.
+    await interaction.wait_for(lambda r: r.original is not None and not r.original.loading)
+    discord_emu.fail_next(
+        "PATCH", r"/webhooks/\d+/[^/]+/messages/@original", status=429, retry_after=60
+    )
+    await discord_emu.wait_for(
+        lambda: any(r.injected for r in discord_emu.requests), timeout=30, what="held upload"
+    )
+    bot.kill()
+    await bot.wait()
+
+    await bot.start(discord_emu)
+    await discord_emu.wait_for(lambda: results_in(discord_emu, ids["channel_id"]), timeout=60)
+    await asyncio.sleep(0.5)
+    assert len(results_in(discord_emu, ids["channel_id"])) == 1
+    assert len(providers.requests_to("text2img")) == 1
+    balance = await guild_balance(env, ids["guild_id"])
+    assert (balance.used, balance.reserved) == (1, 0)
