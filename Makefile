@@ -6,6 +6,12 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
+# The PostgreSQL half of the tests runs where TEST_DATABASE_URL is set, or where a
+# local server answers for a database named `test`; elsewhere it is skipped.
+TEST_DATABASE_URL ?= $(shell psql -h 127.0.0.1 -d test -Atqc 'select 1' 2>/dev/null | grep -qx 1 \
+	&& echo "postgresql://$$(id -un)@127.0.0.1:5432/test")
+export TEST_DATABASE_URL
+
 .PHONY: run test lint typecheck unit bench clean
 
 $(BIN)/python:

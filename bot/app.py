@@ -97,6 +97,7 @@ class ImageBot(commands.AutoShardedBot):
             tree_cls=ImageTree,
             allowed_mentions=NO_MENTIONS,
             help_command=None,
+            **_sharding(runtime.settings),
         )
         self.runtime = runtime
         self.settings = runtime.settings
@@ -201,6 +202,15 @@ class ImageBot(commands.AutoShardedBot):
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         await super().close()
+
+
+def _sharding(settings: Settings) -> dict[str, Any]:
+    """SHARD_COUNT/SHARD_IDS when set; otherwise discord.py asks Discord and runs all."""
+    if settings.shard_count is None:
+        return {}
+    if settings.shard_ids is None:
+        return {"shard_count": settings.shard_count}
+    return {"shard_count": settings.shard_count, "shard_ids": settings.shard_ids}
 
 
 def _touch(path: Path) -> None:

@@ -11,6 +11,7 @@ from bot.config import Settings, load_settings
 from bot.datadir import prepare_data_dir
 from bot.errors import ConfigError
 from bot.logs import setup_logging
+from bot.migrate import describe_database
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -96,7 +97,7 @@ def _check(settings: Settings) -> int:
     print("Settings are valid.")
     providers = settings.configured_providers()
     print(f"Providers configured: {', '.join(providers) if providers else 'none'}")
-    print(f"Database: {settings.sqlite_path}")
+    print(f"Database: {describe_database(settings.database_url, settings.sqlite_path)}")
     print(f"Data directory: {settings.data_dir}")
     _require_bot_settings(settings)
     print("Ready to run: python -m bot")

@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     dev_guild_id: int | None = Field(
         None, description="a guild (server) id to sync commands to at start, for development"
     )
+    shard_count: int | None = Field(
+        None, ge=1, description="total shards across all processes; empty: ask Discord"
+    )
+    shard_ids: Annotated[list[int] | None, NoDecode] = Field(
+        None,
+        description="comma-separated shard ids this process runs (needs SHARD_COUNT); empty: all",
+    )
     interaction_window: float = Field(
         780.0,
         gt=0,
@@ -201,6 +208,12 @@ class Settings(BaseSettings):
     image_retention_days: int = Field(
         7, ge=0, description="days to keep original results under DATA_DIR; 0 keeps none"
     )
+    image_jobs: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="jobs downloading, fitting or uploading images at once (bounds memory)",
+    )
     image_workers: int = Field(
         2, ge=1, le=32, description="threads for Pillow work (decode, re-encode, grids)"
     )
@@ -252,6 +265,16 @@ class Settings(BaseSettings):
     @classmethod
     def _split_models(cls, value: Any) -> Any:
         return _csv(value)
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _split_shards(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return [int(part) for part in _csv(value)]
+            except ValueError as exc:
+                raise ValueError("must be comma-separated whole numbers, e.g. 0,1") from exc
+        return value
 
     @field_validator("download_allowed_hosts", mode="before")
     @classmethod
@@ -323,6 +346,12 @@ class Settings(BaseSettings):
     def _check_poll(self) -> Settings:
         if self.poll_initial > self.poll_max:
             raise ValueError("POLL_INITIAL must not be larger than POLL_MAX")
+        if self.shard_ids is not None:
+            if self.shard_count is None:
+                raise ValueError("SHARD_IDS needs SHARD_COUNT")
+            wrong = [i for i in self.shard_ids if not 0 <= i < self.shard_count]
+            if wrong or not self.shard_ids:
+                raise ValueError(f"SHARD_IDS must be ids from 0 to {self.shard_count - 1}")
         return self
 
     # --- Derived -------------------------------------------------------------

@@ -108,14 +108,11 @@ _Profile = tuple[tuple[str, dict[str, Any]], ...]
 # References: JPEG is what every provider accepts; q=92 keeps detail the model may copy.
 _REF_OPAQUE: _Profile = (("JPEG", {"quality": 92, "optimize": True}),)
 _REF_ALPHA: _Profile = (("WEBP", {"quality": 90, "method": 4}),)
-# Uploads: method=0 is ~3x faster than the default at a few percent in size, which
-# keeps four 4-megapixel re-encodes within the latency budget.
-_UPLOAD_OPAQUE: _Profile = (
-    ("WEBP", {"quality": 90, "method": 0}),
-    ("JPEG", {"quality": 90, "optimize": True}),
-)
+# Uploads: for photos WebP was never smaller than JPEG here (bench/RESULTS.md) yet
+# took half the fitting time; optimize=True costs a third more for ~2 % in size.
+_UPLOAD_OPAQUE: _Profile = (("JPEG", {"quality": 90}),)
 _UPLOAD_ALPHA: _Profile = (("WEBP", {"quality": 90, "method": 0}),)
-_GRID: _Profile = (("JPEG", {"quality": 85, "optimize": True}),)
+_GRID: _Profile = (("JPEG", {"quality": 85}),)
 _GRID_TINY: _Profile = (("WEBP", {"quality": 85, "method": 0}),)
 
 
@@ -339,6 +336,13 @@ def _load_checked(im: Image.Image, *, corrupt: str) -> None:
         raise ImageError(corrupt) from exc
 
 
+def _verify_checked(im: Image.Image, *, corrupt: str) -> None:
+    try:
+        im.verify()
+    except Exception as exc:  # decoders fail with OSError, SyntaxError, ValueError, ...
+        raise ImageError(corrupt) from exc
+
+
 def _orientation(im: Image.Image) -> int:
     try:
         value = im.getexif().get(ExifTags.Base.Orientation, 1)
@@ -549,8 +553,13 @@ def _decode_result(data: bytes, source_url: str | None, max_pixels: int) -> Resu
         raise ImageError(RESULT_UNREADABLE)
     im = _open_checked(data, mime, max_pixels, corrupt=RESULT_UNREADABLE)
     with im:
-        _load_checked(im, corrupt=RESULT_UNREADABLE)
         width, height = im.size
+        if mime == "image/png":
+            # Every chunk's CRC, IEND included, catches truncation and corruption
+            # without inflating megapixels that fitting may never need.
+            _verify_checked(im, corrupt=RESULT_UNREADABLE)
+        else:
+            _load_checked(im, corrupt=RESULT_UNREADABLE)
     return ResultImage(data=data, mime=mime, width=width, height=height, source_url=source_url)
 
 

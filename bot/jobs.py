@@ -222,8 +222,13 @@ class Pipeline:
     handing_over: bool = False
     # Jobs whose provider job id is known (and recorded), so a restart can resume them.
     _resumable: set[str] = field(default_factory=set)
+    # Full-size results are large (4-8 MB a PNG, more decoded): only a few jobs at a
+    # time may hold them, from download to upload, which bounds the bot's memory.
+    _image_phase: asyncio.Semaphore = field(init=False)
+    _in_image_phase: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        self._image_phase = asyncio.Semaphore(self.settings.image_jobs)
         limits = {
             "modelslab": self.settings.modelslab_max_queued,
             "nanobanana": self.settings.nanobanana_concurrency,
@@ -414,6 +419,9 @@ class Pipeline:
             return JobOutcome(job=job, error=internal)
         finally:
             self._resumable.discard(job.id)
+            if job.id in self._in_image_phase:
+                self._in_image_phase.discard(job.id)
+                self._image_phase.release()
         # The person has the images: a failing settle must not be reported as a
         # failed job; the reservation stays for the next settle attempt or sweep.
         try:
@@ -517,6 +525,9 @@ class Pipeline:
         output: ProviderOutput,
         delivery: Delivery,
     ) -> JobResult:
+        if job.id not in self._in_image_phase:  # a failover's second try holds it already
+            await self._image_phase.acquire()
+            self._in_image_phase.add(job.id)
         # Result links are recorded first: a crash while downloading can fetch again.
         await self._record(
             job,

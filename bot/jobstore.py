@@ -10,13 +10,19 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
 
 from bot.config import Settings
 from bot.jobs import Job
-from bot.migrate import apply_migrations, prepare_connection
+from bot.migrate import (
+    apply_migrations,
+    apply_postgres_migrations,
+    is_postgres_url,
+    pg_errors,
+    prepare_connection,
+)
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
 from bot.quota.base import Reservation
 
@@ -131,13 +137,61 @@ def request_from_json(text: str) -> GenerationRequest:
     )
 
 
-class JobStore:
+class _Database(Protocol):
+    """The two calls the job store needs, with ``?`` placeholders on either backend."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; returns the number of rows it changed."""
+        ...
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
+
+
+class _Sqlite:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cursor = await self._conn.execute(sql, tuple(params))
+        changed = cursor.rowcount
+        await cursor.close()
+        return changed
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return list(await self._conn.execute_fetchall(sql, tuple(params)))
+
+
+class _Postgres:
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        status: str = await self._pool.execute(_numbered(sql), *params)
+        count = status.rsplit(" ", 1)[-1]  # "UPDATE 1", "INSERT 0 1"
+        return int(count) if count.isdigit() else 0
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return [tuple(row) for row in await self._pool.fetch(_numbered(sql), *params)]
+
+
+def _numbered(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's ``$1, $2, ...`` (no ``?`` in our literals)."""
+    parts = sql.split("?")
+    return "".join(part + (f"${i}" if i < len(parts) else "") for i, part in enumerate(parts, 1))
+
+
+class JobStore:
+    def __init__(self, db: _Database) -> None:
+        self._db = db
 
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[JobStore]:
+        if is_postgres_url(settings.database_url):
+            assert settings.database_url is not None
+            async with cls.connect_postgres(settings.database_url) as store:
+                yield store
+            return
         async with cls.connect(settings.sqlite_path) as store:
             yield store
 
@@ -147,7 +201,21 @@ class JobStore:
         async with aiosqlite.connect(path, isolation_level=None) as conn:
             await prepare_connection(conn)
             await apply_migrations(conn)
-            yield cls(conn)
+            yield cls(_Sqlite(conn))
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect_postgres(cls, url: str) -> AsyncIterator[JobStore]:
+        import asyncpg  # type: ignore[import-untyped]
+
+        with pg_errors(url):
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=5, command_timeout=60)
+        try:
+            async with pool.acquire() as conn:
+                await apply_postgres_migrations(conn)
+            yield cls(_Postgres(pool))
+        finally:
+            await pool.close()
 
     # --- the pipeline's journal ---------------------------------------------
     async def admit(self, job: Job) -> bool:
@@ -168,14 +236,14 @@ class JobStore:
         if "error" in fields:
             columns["error"] = str(fields["error"])[:500]
         assignments = ", ".join(f"{name} = ?" for name in columns)
-        await self._conn.execute(
+        await self._db.execute(
             f"UPDATE jobs SET {assignments} WHERE id = ?",  # noqa: S608 - fixed column names
             (*columns.values(), job.id),
         )
 
     async def unfinished(self) -> list[JobRecord]:
         """Jobs a previous process accepted and never ended: to resume or refund."""
-        rows = await self._conn.execute_fetchall(
+        rows = await self._db.fetch(
             "SELECT id FROM jobs WHERE status NOT IN ('delivered', 'failed') ORDER BY created_at"
         )
         records = [await self.get(str(row[0])) for row in rows]
@@ -187,10 +255,11 @@ class JobStore:
         """Record a job; False when its idempotency key (interaction id) is already
         taken, i.e. a duplicate event or a double click."""
         now = _now()
-        cursor = await self._conn.execute(
-            "INSERT OR IGNORE INTO jobs (id, idempotency_key, guild_id, channel_id, user_id,"
+        inserted = await self._db.execute(
+            "INSERT INTO jobs (id, idempotency_key, guild_id, channel_id, user_id,"
             " mode, provider, request_json, status, cost, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
             (
                 job_id,
                 request.idempotency_key or job_id,
@@ -205,7 +274,7 @@ class JobStore:
                 now,
             ),
         )
-        return cursor.rowcount == 1
+        return inserted == 1
 
     async def mark_delivered(
         self,
@@ -216,7 +285,7 @@ class JobStore:
         images: Sequence[StoredImage],
         message_id: str | None,
     ) -> None:
-        await self._conn.execute(
+        await self._db.execute(
             "UPDATE jobs SET status = 'delivered', charged = ?, seed = ?, images_json = ?,"
             " message_id = ?, updated_at = ? WHERE id = ?",
             (
@@ -230,14 +299,14 @@ class JobStore:
         )
 
     async def mark_failed(self, job_id: str, reason: str) -> None:
-        await self._conn.execute(
+        await self._db.execute(
             "UPDATE jobs SET status = 'failed', error = ?, updated_at = ? WHERE id = ?",
             (reason[:500], _now(), job_id),
         )
 
     async def get(self, job_id: str) -> JobRecord | None:
         rows = list(
-            await self._conn.execute_fetchall(
+            await self._db.fetch(
                 "SELECT id, guild_id, channel_id, user_id, provider, request_json, status, cost,"
                 " charged, seed, images_json, message_id, created_at, reservation_json,"
                 " provider_job_id, provider_fetch_url, outputs_json FROM jobs WHERE id = ?",
@@ -269,34 +338,34 @@ class JobStore:
         )
 
     async def allowed_channels(self, guild_id: str) -> set[str]:
-        rows = await self._conn.execute_fetchall(
+        rows = await self._db.fetch(
             "SELECT channel_id FROM guild_channels WHERE guild_id = ?", (guild_id,)
         )
         return {str(row[0]) for row in rows}
 
     async def allow_channel(self, guild_id: str, channel_id: str, by: str) -> None:
-        await self._conn.execute(
-            "INSERT OR IGNORE INTO guild_channels (guild_id, channel_id, added_by, added_at)"
-            " VALUES (?, ?, ?, ?)",
+        await self._db.execute(
+            "INSERT INTO guild_channels (guild_id, channel_id, added_by, added_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (guild_id, channel_id, by, _now()),
         )
 
     async def disallow_channel(self, guild_id: str, channel_id: str) -> None:
-        await self._conn.execute(
+        await self._db.execute(
             "DELETE FROM guild_channels WHERE guild_id = ? AND channel_id = ?",
             (guild_id, channel_id),
         )
 
     async def log_channel(self, guild_id: str) -> str | None:
         rows = list(
-            await self._conn.execute_fetchall(
+            await self._db.fetch(
                 "SELECT log_channel_id FROM guild_settings WHERE guild_id = ?", (guild_id,)
             )
         )
         return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def set_log_channel(self, guild_id: str, channel_id: str | None) -> None:
-        await self._conn.execute(
+        await self._db.execute(
             "INSERT INTO guild_settings (guild_id, log_channel_id, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT (guild_id) DO UPDATE SET log_channel_id = excluded.log_channel_id,"
             " updated_at = excluded.updated_at",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit
 
 from pydantic import SecretStr
 
@@ -47,6 +48,11 @@ def secret_values(settings: Settings) -> list[str]:
         value = getattr(settings, name)
         if isinstance(value, SecretStr) and value.get_secret_value():
             values.append(value.get_secret_value())
+    # DATABASE_URL is not a secret as a whole, but its password is.
+    if settings.database_url:
+        password = urlsplit(settings.database_url).password
+        if password:
+            values.append(unquote(password))
     return values
 
 

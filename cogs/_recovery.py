@@ -30,11 +30,20 @@ async def recover_jobs(bot: ImageBot) -> None:
     if not records:
         return
     adopted = await _adopt(bot, records)
+    reserved_ids = [r.reservation.id for r in records if r.reservation is not None]
+    states = await bot.runtime.ledger.states(reserved_ids) if reserved_ids else {}
     for record in records:
         job = job_of(record)
         channel_id = int(record.channel_id) if record.channel_id else None
         delivery = DiscordDelivery(bot, None, channel_id=channel_id)
         reservation = adopted.get(record.id)
+        if reservation is None and record.reservation is not None:
+            state = states.get(record.reservation.id)
+            if state == "reserved":
+                continue  # another live process holds it and is finishing the job
+            if state == "settled":
+                await bot.jobs.record(job, "delivered")
+                continue
         if reservation is None:
             # Never reserved, or its hold already ended: nothing to charge, but the
             # member was left with a "thinking" message and deserves a word.

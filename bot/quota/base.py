@@ -68,6 +68,10 @@ class Ledger(Protocol):
         """Refund what expired or what a dead process left; returns the refunds."""
         ...
 
+    async def states(self, reservation_ids: Sequence[str]) -> dict[str, str]:
+        """``reserved``, ``settled`` or ``refunded`` for each known reservation."""
+        ...
+
 
 class UnlimitedLedger:
     """Allows everything and records nothing: for tests of the pipeline alone."""
@@ -114,6 +118,17 @@ class UnlimitedLedger:
 
     async def sweep_expired(self) -> list[Reservation]:
         return []
+
+    async def states(self, reservation_ids: Sequence[str]) -> dict[str, str]:
+        found = {}
+        for rid in reservation_ids:
+            if rid in self.settled:
+                found[rid] = "settled"
+            elif rid in self.refunded:
+                found[rid] = "refunded"
+            elif any(r.id == rid for r in self._by_key.values()):
+                found[rid] = "reserved"
+        return found
 
     async def adopt(self, reservation_ids: Sequence[str]) -> dict[str, Reservation]:
         held = {r.id: r for r in self._by_key.values()}

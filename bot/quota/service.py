@@ -146,16 +146,33 @@ class QuotaService:
         async def run(tx: LedgerTx) -> dict[str, Reservation]:
             held: dict[str, Reservation] = {}
             for reservation_id in reservation_ids:
+                entry = await tx.entry_by_reservation(reservation_id)
+                # A live process (another bot sharing the database) keeps its jobs.
+                if entry is None or entry.state != "reserved":
+                    continue
+                if entry.owner != me and not owner_gone(entry.owner, me):
+                    continue
                 if await tx.set_owner(reservation_id, me, now):
-                    entry = await tx.entry_by_reservation(reservation_id)
-                    if entry is not None:
-                        held[reservation_id] = self._reservation(entry)
+                    held[reservation_id] = self._reservation(entry)
             return held
 
         held = await self.store.write(run)
         for reservation_id in held:
             logger.info("adopted reservation %s to finish its job", reservation_id)
         return held
+
+    async def states(self, reservation_ids: Sequence[str]) -> dict[str, str]:
+        """``reserved``, ``settled`` or ``refunded`` for each known reservation."""
+
+        async def run(tx: LedgerTx) -> dict[str, str]:
+            found: dict[str, str] = {}
+            for reservation_id in reservation_ids:
+                entry = await tx.entry_by_reservation(reservation_id)
+                if entry is not None:
+                    found[reservation_id] = entry.state
+            return found
+
+        return await self.store.read(run)
 
     async def close(self) -> None:
         await self.store.close()
@@ -515,8 +532,9 @@ class QuotaService:
                     "%s of reservation %s ignored: it was just finished", state, reservation.id
                 )
                 return False, []
-            scope = await self._scope(tx, entry.guild_id, now)
-            return True, await self._thresholds(tx, scope, now)
+            # Thresholds count held credits too, so a settle (never above the hold)
+            # or a refund cannot cross one: no need to recount the pool here.
+            return True, []
 
         changed, events = await self.store.write(run)
         await self._fire(events)
@@ -559,6 +577,11 @@ class QuotaService:
         async def run(tx: LedgerTx) -> list[tuple[Entry, str]]:
             done = []
             for entry, reason in chosen:
+                if reason.startswith("crashed"):
+                    # Adopted since it was read: its job is being finished elsewhere.
+                    current = await tx.entry_by_reservation(entry.reservation_id)
+                    if current is None or current.owner != entry.owner:
+                        continue
                 if await tx.finish_entry(entry.reservation_id, "refunded", None, reason, when):
                     done.append((entry, reason))
             return done

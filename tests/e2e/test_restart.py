@@ -28,7 +28,7 @@ class BotProcess:
         self.env, self.cwd, self.log = env, cwd, log
         self.process: asyncio.subprocess.Process | None = None
 
-    async def start(self, discord_emu: DiscordEmulator) -> None:
+    async def start(self, discord_emu: DiscordEmulator, *, all_shards: bool = True) -> None:
         identified = discord_emu.identifies
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
@@ -38,7 +38,8 @@ class BotProcess:
         await discord_emu.wait_for(
             lambda: discord_emu.identifies > identified, timeout=30, what="bot IDENTIFY"
         )
-        await discord_emu.wait_until_ready()
+        if all_shards:  # with one process per shard, only the last start sees them all
+            await discord_emu.wait_until_ready()
 
     def kill(self) -> None:
         assert self.process is not None
@@ -47,6 +48,11 @@ class BotProcess:
     async def wait(self, timeout: float = 30) -> int:  # noqa: ASYNC109
         assert self.process is not None
         return await asyncio.wait_for(self.process.wait(), timeout)
+
+    async def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return await self.wait()
 
     async def stop(self) -> None:
         if self.process is not None and self.process.returncode is None:

@@ -128,3 +128,18 @@ def test_check_reports_configuration(tmp_path):
     result = _run_cli("check", env_file=env_file, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Providers configured: nanobanana" in result.stdout
+
+
+def test_shard_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SHARD_COUNT", "4")
+    monkeypatch.setenv("SHARD_IDS", "1")
+    assert load_settings(None).shard_ids == [1]
+    monkeypatch.setenv("SHARD_IDS", "0, 3")
+    assert load_settings(None).shard_ids == [0, 3]
+    monkeypatch.setenv("SHARD_IDS", "4")
+    with pytest.raises(ConfigError, match="SHARD_IDS must be ids from 0 to 3"):
+        load_settings(None)
+    monkeypatch.delenv("SHARD_COUNT")
+    monkeypatch.setenv("SHARD_IDS", "0")
+    with pytest.raises(ConfigError, match="SHARD_IDS needs SHARD_COUNT"):
+        load_settings(None)
