@@ -274,8 +274,15 @@ class QuotaService:
             resets_at=scope.end,
         )
 
-    async def _thresholds(self, tx: LedgerTx, scope: _Scope, now: datetime) -> list[ThresholdEvent]:
-        limit, totals = await self._pool(tx, scope)
+    async def _thresholds(
+        self,
+        tx: LedgerTx,
+        scope: _Scope,
+        now: datetime,
+        pool: tuple[int, Totals] | None = None,
+    ) -> list[ThresholdEvent]:
+        """``pool``: the pool's limit and totals if the caller knows them already."""
+        limit, totals = await self._pool(tx, scope) if pool is None else pool
         events: list[ThresholdEvent] = []
         if limit <= 0:
             return events
@@ -478,7 +485,11 @@ class QuotaService:
                     owner=owner,
                 )
             )
-            events = await self._thresholds(tx, scope, now)
+            # The pool as it is now: the sums read above (the guild's scope is
+            # held, so no other reservation, grant or reset has touched it since)
+            # plus the entry just inserted, which is above any reset mark.
+            pool_now = Totals(settled=pool_totals.settled, reserved=pool_totals.reserved + cost)
+            events = await self._thresholds(tx, scope, now, (pool_limit, pool_now))
             reservation = self._reservation(
                 entry,
                 user_remaining=None if user_remaining is None else user_remaining - cost,

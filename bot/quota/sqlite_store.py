@@ -1,11 +1,13 @@
-"""The SQLite ledger store (aiosqlite, WAL).
+"""The SQLite ledger store (sqlite3 in one worker thread, WAL).
 
-One connection per process. Tasks of the process take turns on it (an asyncio
-lock, because statements of two transactions must not interleave on one
-connection); processes sharing the file are kept apart by SQLite's own locking:
-every write transaction starts with ``BEGIN IMMEDIATE``, which takes the single
-write lock up front (waiting up to ``busy_timeout``), so the reads that decide a
-reservation and the insert that makes it cannot be split by another writer.
+One connection per process for transactions, owned by a single worker thread
+that runs one whole transaction (BEGIN, body, COMMIT) per call, so the
+statements of two transactions never interleave on it and the event loop never
+waits for the disk. Processes sharing the file are kept apart by SQLite's own
+locking: every write transaction starts with ``BEGIN IMMEDIATE``, which takes
+the single write lock up front (waiting up to ``busy_timeout``), so the reads
+that decide a reservation and the insert that makes it cannot be split by
+another writer. Migrations run first, on an aiosqlite connection.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -43,11 +46,21 @@ def to_db(value: datetime) -> str:
     """Fixed-width UTC text, so that comparing the text compares the times."""
     if value.tzinfo is None:
         raise ValueError("datetimes stored in the ledger must be timezone-aware")
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(UTC).strftime(_DB_FORMAT)
+
+
+_DB_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_DB_WIDTH = len("YYYY-MM-DDTHH:MM:SS.ffffffZ")
 
 
 def from_db(value: str) -> datetime:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    # fromisoformat is many times faster than strptime; it reads the fixed-width
+    # text ``to_db`` writes ("Z" gives UTC). Anything else goes the strict way.
+    if len(value) == _DB_WIDTH and value[10] == "T" and value[-1] == "Z":
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is UTC:
+            return parsed
+    return datetime.strptime(value, _DB_FORMAT).replace(tzinfo=UTC)
 
 
 def _opt_dt(value: str | None) -> datetime | None:
@@ -126,29 +139,41 @@ def _ban(row: sqlite3.Row) -> Ban:
 class SqliteTx:
     """``LedgerTx`` over one aiosqlite connection inside an open transaction."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._stamps: dict[datetime, str] = {}
 
-    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return list(await self._conn.execute_fetchall(sql, tuple(params)))
+    # The statements run synchronously: the whole transaction is driven inside
+    # the store's worker thread (see ``SqliteLedgerStore._transaction``), so the
+    # ``async`` methods below never really wait.
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._conn.execute(sql, tuple(params)).fetchall()
 
-    async def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        rows = await self._all(sql, params)
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        rows = self._all(sql, params)
         return rows[0] if rows else None
 
-    async def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        cursor = await self._conn.execute(sql, tuple(params))
-        try:
-            return cursor.rowcount
-        finally:
-            await cursor.close()
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(sql, tuple(params)).rowcount
+
+    def _insert(self, sql: str, params: Sequence[Any]) -> int:
+        row_id = self._conn.execute(sql, tuple(params)).lastrowid
+        assert row_id is not None
+        return row_id
+
+    def _db(self, value: datetime) -> str:
+        """``to_db``, formatted once per transaction for each distinct time."""
+        stamp = self._stamps.get(value)
+        if stamp is None:
+            stamp = self._stamps[value] = to_db(value)
+        return stamp
 
     async def lock(self, *scopes: str) -> None:
         """Nothing to do: ``BEGIN IMMEDIATE`` already excludes every other writer."""
 
     # --- guild configuration ------------------------------------------------
     async def get_guild(self, guild_id: str) -> GuildConfig | None:
-        row = await self._one("SELECT * FROM quota_guilds WHERE guild_id = ?", (guild_id,))
+        row = self._one("SELECT * FROM quota_guilds WHERE guild_id = ?", (guild_id,))
         if row is None:
             return None
         return GuildConfig(
@@ -160,8 +185,8 @@ class SqliteTx:
         )
 
     async def put_guild(self, config: GuildConfig, now: datetime) -> None:
-        stamp = to_db(now)
-        await self._run(
+        stamp = self._db(now)
+        self._run(
             "INSERT INTO quota_guilds"
             " (guild_id, pool_credits, period, timezone, user_default, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -183,7 +208,7 @@ class SqliteTx:
         if not roles:
             return []
         marks = ", ".join("?" for _ in roles)
-        rows = await self._all(
+        rows = self._all(
             f"SELECT credits FROM quota_role_limits WHERE guild_id = ? AND role_id IN ({marks})",  # noqa: S608 - only placeholders are interpolated
             (guild_id, *roles),
         )
@@ -192,22 +217,22 @@ class SqliteTx:
     async def set_role_limit(
         self, guild_id: str, role_id: str, credits: int | None, now: datetime
     ) -> None:
-        await self._run(
+        self._run(
             "INSERT INTO quota_role_limits (guild_id, role_id, credits, updated_at)"
             " VALUES (?, ?, ?, ?) ON CONFLICT (guild_id, role_id)"
             " DO UPDATE SET credits = excluded.credits, updated_at = excluded.updated_at",
-            (guild_id, role_id, credits, to_db(now)),
+            (guild_id, role_id, credits, self._db(now)),
         )
 
     async def remove_role_limit(self, guild_id: str, role_id: str) -> bool:
-        count = await self._run(
+        count = self._run(
             "DELETE FROM quota_role_limits WHERE guild_id = ? AND role_id = ?",
             (guild_id, role_id),
         )
         return count > 0
 
     async def user_limit(self, guild_id: str, user_id: str) -> LimitOverride | None:
-        row = await self._one(
+        row = self._one(
             "SELECT credits FROM quota_user_limits WHERE guild_id = ? AND user_id = ?",
             (guild_id, user_id),
         )
@@ -216,15 +241,15 @@ class SqliteTx:
     async def set_user_limit(
         self, guild_id: str, user_id: str, credits: int | None, now: datetime
     ) -> None:
-        await self._run(
+        self._run(
             "INSERT INTO quota_user_limits (guild_id, user_id, credits, updated_at)"
             " VALUES (?, ?, ?, ?) ON CONFLICT (guild_id, user_id)"
             " DO UPDATE SET credits = excluded.credits, updated_at = excluded.updated_at",
-            (guild_id, user_id, credits, to_db(now)),
+            (guild_id, user_id, credits, self._db(now)),
         )
 
     async def remove_user_limit(self, guild_id: str, user_id: str) -> bool:
-        count = await self._run(
+        count = self._run(
             "DELETE FROM quota_user_limits WHERE guild_id = ? AND user_id = ?",
             (guild_id, user_id),
         )
@@ -232,51 +257,49 @@ class SqliteTx:
 
     # --- bans ---------------------------------------------------------------
     async def active_ban(self, guild_id: str, user_id: str, now: datetime) -> Ban | None:
-        row = await self._one(
+        row = self._one(
             "SELECT * FROM quota_bans WHERE guild_id = ? AND user_id = ?"
             " AND lifted_at IS NULL AND until > ? ORDER BY until DESC LIMIT 1",
-            (guild_id, user_id, to_db(now)),
+            (guild_id, user_id, self._db(now)),
         )
         return None if row is None else _ban(row)
 
     async def add_ban(
         self, guild_id: str, user_id: str, until: datetime, reason: str, by: str, now: datetime
     ) -> Ban:
-        cursor = await self._conn.execute(
+        ban_id = self._insert(
             "INSERT INTO quota_bans (guild_id, user_id, until, reason, banned_by, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (guild_id, user_id, to_db(until), reason, by, to_db(now)),
+            (guild_id, user_id, self._db(until), reason, by, self._db(now)),
         )
-        ban_id = cursor.lastrowid
-        await cursor.close()
-        row = await self._one("SELECT * FROM quota_bans WHERE id = ?", (ban_id,))
+        row = self._one("SELECT * FROM quota_bans WHERE id = ?", (ban_id,))
         assert row is not None
         return _ban(row)
 
     async def lift_bans(self, guild_id: str, user_id: str, by: str, now: datetime) -> int:
-        return await self._run(
+        return self._run(
             "UPDATE quota_bans SET lifted_at = ?, lifted_by = ?"
             " WHERE guild_id = ? AND user_id = ? AND lifted_at IS NULL AND until > ?",
-            (to_db(now), by, guild_id, user_id, to_db(now)),
+            (self._db(now), by, guild_id, user_id, self._db(now)),
         )
 
     # --- entries ------------------------------------------------------------
     async def entry_by_key(self, idempotency_key: str) -> Entry | None:
-        row = await self._one(
+        row = self._one(
             f"SELECT {_ENTRY_COLUMNS} FROM quota_entries WHERE idempotency_key = ?",  # noqa: S608
             (idempotency_key,),
         )
         return None if row is None else _entry(row)
 
     async def entry_by_reservation(self, reservation_id: str) -> Entry | None:
-        row = await self._one(
+        row = self._one(
             f"SELECT {_ENTRY_COLUMNS} FROM quota_entries WHERE reservation_id = ?",  # noqa: S608
             (reservation_id,),
         )
         return None if row is None else _entry(row)
 
     async def find_entry(self, ref: str) -> Entry | None:
-        row = await self._one(
+        row = self._one(
             f"SELECT {_ENTRY_COLUMNS} FROM quota_entries"  # noqa: S608
             " WHERE job_id = ? OR idempotency_key = ? OR reservation_id = ?"
             " ORDER BY id DESC LIMIT 1",
@@ -285,8 +308,8 @@ class SqliteTx:
         return None if row is None else _entry(row)
 
     async def insert_entry(self, entry: NewEntry) -> Entry:
-        stamp = to_db(entry.created_at)
-        cursor = await self._conn.execute(
+        stamp = self._db(entry.created_at)
+        self._run(
             "INSERT INTO quota_entries (reservation_id, guild_id, user_id, channel_id, job_id,"
             " idempotency_key, mode, prompt, cost_reserved, state, period_start, created_at,"
             " updated_at, owner_host, owner_pid, owner_started)"
@@ -301,7 +324,7 @@ class SqliteTx:
                 entry.mode,
                 entry.prompt,
                 entry.cost,
-                to_db(entry.period_start),
+                self._db(entry.period_start),
                 stamp,
                 stamp,
                 entry.owner.host,
@@ -309,7 +332,6 @@ class SqliteTx:
                 entry.owner.started,
             ),
         )
-        await cursor.close()
         stored = await self.entry_by_reservation(entry.reservation_id)
         assert stored is not None
         return stored
@@ -322,23 +344,23 @@ class SqliteTx:
         reason: str | None,
         now: datetime,
     ) -> bool:
-        count = await self._run(
+        count = self._run(
             "UPDATE quota_entries SET state = ?, cost_settled = ?, reason = ?, updated_at = ?"
             " WHERE reservation_id = ? AND state = 'reserved'",
-            (state, cost_settled, reason, to_db(now), reservation_id),
+            (state, cost_settled, reason, self._db(now), reservation_id),
         )
         return count > 0
 
     async def set_owner(self, reservation_id: str, owner: Owner, now: datetime) -> bool:
-        count = await self._run(
+        count = self._run(
             "UPDATE quota_entries SET owner_host = ?, owner_pid = ?, owner_started = ?,"
             " updated_at = ? WHERE reservation_id = ? AND state = 'reserved'",
-            (owner.host, owner.pid, owner.started, to_db(now), reservation_id),
+            (owner.host, owner.pid, owner.started, self._db(now), reservation_id),
         )
         return count > 0
 
     async def reserved_entries(self) -> list[Entry]:
-        rows = await self._all(
+        rows = self._all(
             f"SELECT {_ENTRY_COLUMNS} FROM quota_entries"  # noqa: S608
             " WHERE state = 'reserved' ORDER BY id"
         )
@@ -357,30 +379,30 @@ class SqliteTx:
             params.append(guild_id)
         if since is not None:
             where.append("created_at >= ?")
-            params.append(to_db(since))
+            params.append(self._db(since))
         if until is not None:
             where.append("created_at < ?")
-            params.append(to_db(until))
+            params.append(self._db(until))
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._all(
+        rows = self._all(
             f"SELECT {_ENTRY_COLUMNS} FROM quota_entries{clause} ORDER BY id",  # noqa: S608
             params,
         )
         return [_entry(row) for row in rows]
 
     async def max_entry_id(self) -> int:
-        row = await self._one("SELECT COALESCE(MAX(id), 0) AS m FROM quota_entries")
+        row = self._one("SELECT COALESCE(MAX(id), 0) AS m FROM quota_entries")
         return 0 if row is None else int(row["m"])
 
     # --- sums ---------------------------------------------------------------
     async def last_started(self, user_id: str) -> datetime | None:
-        row = await self._one(
+        row = self._one(
             "SELECT MAX(created_at) AS last FROM quota_entries WHERE user_id = ?", (user_id,)
         )
         return None if row is None else _opt_dt(row["last"])
 
     async def in_flight(self, user_id: str) -> int:
-        row = await self._one(
+        row = self._one(
             "SELECT COUNT(*) AS n FROM quota_entries WHERE user_id = ? AND state = 'reserved'",
             (user_id,),
         )
@@ -409,17 +431,17 @@ class SqliteTx:
         sql = (
             self._SUMS + " WHERE guild_id = ? AND period_start >= ? AND period_start < ? AND id > ?"
         )
-        params: list[Any] = [guild_id, to_db(start), to_db(end), after_entry_id]
+        params: list[Any] = [guild_id, self._db(start), self._db(end), after_entry_id]
         if user_id is not None:
             sql += " AND user_id = ?"
             params.append(user_id)
-        return self._totals(await self._one(sql, params))
+        return self._totals(self._one(sql, params))
 
     async def global_totals(self, start: datetime, end: datetime) -> Totals:
         return self._totals(
-            await self._one(
+            self._one(
                 self._SUMS + " WHERE created_at >= ? AND created_at < ?",
-                (to_db(start), to_db(end)),
+                (self._db(start), self._db(end)),
             )
         )
 
@@ -434,15 +456,13 @@ class SqliteTx:
         reason: str | None,
         now: datetime,
     ) -> Grant:
-        cursor = await self._conn.execute(
+        grant_id = self._insert(
             "INSERT INTO quota_grants"
             " (guild_id, user_id, credits, period_start, granted_by, reason, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (guild_id, user_id, credits, to_db(period_start), by, reason, to_db(now)),
+            (guild_id, user_id, credits, self._db(period_start), by, reason, self._db(now)),
         )
-        grant_id = cursor.lastrowid
-        await cursor.close()
-        row = await self._one("SELECT * FROM quota_grants WHERE id = ?", (grant_id,))
+        row = self._one("SELECT * FROM quota_grants WHERE id = ?", (grant_id,))
         assert row is not None
         return _grant(row)
 
@@ -450,10 +470,10 @@ class SqliteTx:
         self, guild_id: str, user_id: str | None, start: datetime, end: datetime
     ) -> int:
         who = "user_id IS NULL" if user_id is None else "user_id = ?"
-        params: list[Any] = [guild_id, to_db(start), to_db(end)]
+        params: list[Any] = [guild_id, self._db(start), self._db(end)]
         if user_id is not None:
             params.append(user_id)
-        row = await self._one(
+        row = self._one(
             "SELECT COALESCE(SUM(credits), 0) AS n FROM quota_grants"  # noqa: S608 - constant
             f" WHERE guild_id = ? AND period_start >= ? AND period_start < ? AND {who}",
             params,
@@ -462,9 +482,9 @@ class SqliteTx:
 
     async def grants(self, guild_id: str | None = None) -> list[Grant]:
         if guild_id is None:
-            rows = await self._all("SELECT * FROM quota_grants ORDER BY id")
+            rows = self._all("SELECT * FROM quota_grants ORDER BY id")
         else:
-            rows = await self._all(
+            rows = self._all(
                 "SELECT * FROM quota_grants WHERE guild_id = ? ORDER BY id", (guild_id,)
             )
         return [_grant(row) for row in rows]
@@ -479,15 +499,13 @@ class SqliteTx:
         now: datetime,
     ) -> ResetMarker:
         mark = await self.max_entry_id()
-        cursor = await self._conn.execute(
+        reset_id = self._insert(
             "INSERT INTO quota_resets"
             " (guild_id, user_id, after_entry_id, period_start, reset_by, reason, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (guild_id, user_id, mark, to_db(period_start), by, reason, to_db(now)),
+            (guild_id, user_id, mark, self._db(period_start), by, reason, self._db(now)),
         )
-        reset_id = cursor.lastrowid
-        await cursor.close()
-        row = await self._one("SELECT * FROM quota_resets WHERE id = ?", (reset_id,))
+        row = self._one("SELECT * FROM quota_resets WHERE id = ?", (reset_id,))
         assert row is not None
         return _reset(row)
 
@@ -495,10 +513,10 @@ class SqliteTx:
         self, guild_id: str, user_id: str | None, start: datetime, end: datetime
     ) -> int:
         who = "user_id IS NULL" if user_id is None else "user_id = ?"
-        params: list[Any] = [guild_id, to_db(start), to_db(end)]
+        params: list[Any] = [guild_id, self._db(start), self._db(end)]
         if user_id is not None:
             params.append(user_id)
-        row = await self._one(
+        row = self._one(
             "SELECT COALESCE(MAX(after_entry_id), 0) AS m FROM quota_resets"  # noqa: S608
             f" WHERE guild_id = ? AND period_start >= ? AND period_start < ? AND {who}",
             params,
@@ -507,9 +525,9 @@ class SqliteTx:
 
     async def resets(self, guild_id: str | None = None) -> list[ResetMarker]:
         if guild_id is None:
-            rows = await self._all("SELECT * FROM quota_resets ORDER BY id")
+            rows = self._all("SELECT * FROM quota_resets ORDER BY id")
         else:
-            rows = await self._all(
+            rows = self._all(
                 "SELECT * FROM quota_resets WHERE guild_id = ? ORDER BY id", (guild_id,)
             )
         return [_reset(row) for row in rows]
@@ -517,10 +535,10 @@ class SqliteTx:
     async def mark_threshold(
         self, guild_id: str, period_start: datetime, percent: int, now: datetime
     ) -> bool:
-        count = await self._run(
+        count = self._run(
             "INSERT INTO quota_thresholds (guild_id, period_start, percent, fired_at)"
             " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (guild_id, to_db(period_start), percent, to_db(now)),
+            (guild_id, self._db(period_start), percent, self._db(now)),
         )
         return count > 0
 
@@ -532,6 +550,11 @@ class SqliteLedgerStore:
         self.path = Path(path)
         self._migrations_dir = migrations_dir
         self._conn: aiosqlite.Connection | None = None
+        # Transactions run on a plain sqlite3 connection owned by one worker
+        # thread: the thread runs one transaction at a time, so statements of
+        # two transactions never interleave on the connection.
+        self._sync: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -543,48 +566,70 @@ class SqliteLedgerStore:
         conn = await aiosqlite.connect(
             self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
         )
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite")
         try:
             conn.row_factory = sqlite3.Row
             await prepare_connection(conn, busy_timeout_ms=BUSY_TIMEOUT_MS)
             await apply_migrations(conn, directory=self._migrations_dir)
+            loop = asyncio.get_running_loop()
+            sync = await loop.run_in_executor(executor, self._connect)
         except BaseException:
+            executor.shutdown(wait=False)
             await conn.close()
             raise
-        self._conn = conn
+        self._conn, self._sync, self._executor = conn, sync, executor
+
+    def _connect(self) -> sqlite3.Connection:
+        # The file is in WAL mode already (``prepare_connection`` above, and the
+        # mode is stored in the file); the other settings are per connection.
+        sync = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            check_same_thread=False,
+        )
+        try:
+            sync.row_factory = sqlite3.Row
+            sync.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            sync.execute("PRAGMA synchronous = NORMAL")
+            sync.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            sync.close()
+            raise
+        return sync
 
     async def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
+            sync, self._sync = self._sync, None
+            executor, self._executor = self._executor, None
             async with self._lock:
+                if executor is not None:
+                    # Queued behind every transaction already submitted.
+                    if sync is not None:
+                        await asyncio.get_running_loop().run_in_executor(executor, sync.close)
+                    executor.shutdown(wait=False)
                 await conn.close()
 
     @property
     def connection(self) -> aiosqlite.Connection:
+        """The connection migrations ran on (transactions use their own)."""
         if self._conn is None:
             raise RuntimeError("the ledger store is not open")
         return self._conn
 
     async def _transaction(self, begin: str, fn: Callable[[SqliteTx], Awaitable[T]]) -> T:
-        async def body() -> T:
-            async with self._lock:
-                conn = self.connection
-                await conn.execute(begin)
-                try:
-                    result = await fn(SqliteTx(conn))
-                    await conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        await conn.execute("ROLLBACK")
-                    raise
-                return result
-
-        # The transaction runs in its own task so that cancelling the caller
-        # (an interaction timing out) cannot stop it between BEGIN and COMMIT
-        # and leave the shared connection inside an open transaction. A
-        # reservation made that way is found again by its idempotency key.
-        task = asyncio.ensure_future(body())
-        task.add_done_callback(_consume_exception)
-        return await asyncio.shield(task)
+        sync, executor = self._sync, self._executor
+        if sync is None or executor is None:
+            raise RuntimeError("the ledger store is not open")
+        # BEGIN, the whole body and COMMIT run as one call in the worker thread,
+        # so cancelling the caller (an interaction timing out) cannot stop it
+        # between BEGIN and COMMIT and leave the connection inside an open
+        # transaction: a call already started runs to its end (a reservation
+        # made that way is found again by its idempotency key), one not started
+        # yet never runs.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, _run_transaction, sync, begin, fn)
 
     async def write(self, fn: Callable[[SqliteTx], Awaitable[T]]) -> T:
         return await self._transaction("BEGIN IMMEDIATE", fn)
@@ -593,8 +638,40 @@ class SqliteLedgerStore:
         return await self._transaction("BEGIN", fn)
 
 
-def _consume_exception(task: asyncio.Future[Any]) -> None:
-    # Marks the exception retrieved when the caller was cancelled and nobody
-    # awaits the task any more; the caller sees it otherwise.
-    if not task.cancelled():
-        task.exception()
+def _run_transaction(
+    conn: sqlite3.Connection, begin: str, fn: Callable[[SqliteTx], Awaitable[T]]
+) -> T:
+    """One whole transaction, in the store's worker thread."""
+    conn.execute(begin)
+    try:
+        result = _drive(fn(SqliteTx(conn)))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _drive(awaitable: Awaitable[T]) -> T:
+    """Run ``awaitable`` to its end without an event loop.
+
+    ``SqliteTx`` never really waits, so a transaction body that only awaits its
+    methods completes in one step. A body that waits for anything else (a
+    future of the event loop) cannot be run here: that is a programming error.
+    """
+    steps = awaitable.__await__()
+    try:
+        while True:
+            yielded = steps.send(None)
+            if yielded is not None:
+                raise RuntimeError(
+                    "a SQLite ledger transaction may only await the transaction's own methods"
+                )
+            # A bare yield (asyncio.sleep(0)) only hands over control: go on.
+    except StopIteration as stop:
+        return cast(T, stop.value)
+    finally:
+        close = getattr(steps, "close", None)
+        if close is not None:
+            close()
