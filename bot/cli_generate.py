@@ -20,7 +20,8 @@ from typing import Any
 from bot.config import PROVIDER_NAMES, Settings
 from bot.errors import BotError, ConfigError, ImageError, ValidationError
 from bot.images import ImageProcessor, download
-from bot.jobs import Job, JobResult, summarise_references
+from bot.jobs import Job, JobResult
+from bot.jobstore import request_to_dict
 from bot.models import GenerationRequest, Mode, Progress, ReferenceImage, Requester, Stage
 from bot.providers.base import ASPECT_RATIOS
 from bot.quota.base import Ledger
@@ -139,7 +140,7 @@ class FileDelivery:
         ]
         document = {
             "job_id": job.id,
-            "request": _request_summary(result.request),
+            "request": request_to_dict(result.request),
             "provider": result.provider,
             "model": result.model,
             "seed": result.seed,
@@ -177,28 +178,6 @@ def _describe(progress: Progress) -> str:
     if progress.stage is Stage.PROCESSING and progress.eta_seconds is not None:
         return f"processing: about {progress.eta_seconds:.0f} s left"
     return progress.stage.value
-
-
-def _request_summary(request: GenerationRequest) -> dict[str, Any]:
-    """The request as sent, minus secrets (there are none in it) and image bytes."""
-    return {
-        "mode": request.mode.value,
-        "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt,
-        "provider": request.provider,
-        "model": request.model,
-        "samples": request.samples,
-        "seed": request.seed,
-        "width": request.width,
-        "height": request.height,
-        "aspect_ratio": request.aspect_ratio,
-        "size": request.size,
-        "safety_checker": request.safety_checker,
-        "options": dict(request.options),
-        "references": list(summarise_references(request)),
-        "guild": request.requester.guild_id,
-        "user": request.requester.user_id,
-    }
 
 
 @contextlib.asynccontextmanager

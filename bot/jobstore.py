@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import aiosqlite
 
 from bot.config import Settings
-from bot.jobs import Job
+from bot.jobs import Job, summarise_references
 from bot.migrate import (
     apply_migrations,
     apply_postgres_migrations,
@@ -63,41 +63,35 @@ class JobRecord:
         return next((image for image in self.images if image.index == index), None)
 
 
+def request_to_dict(request: GenerationRequest) -> dict[str, Any]:
+    """Everything needed to run the request again, minus image bytes (and there are
+    no secrets in a request); also what result.json shows."""
+    return {
+        "mode": request.mode.value,
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "references": list(summarise_references(request)),
+        "provider": request.provider,
+        "model": request.model,
+        "samples": request.samples,
+        "seed": request.seed,
+        "width": request.width,
+        "height": request.height,
+        "aspect_ratio": request.aspect_ratio,
+        "size": request.size,
+        "safety_checker": request.safety_checker,
+        "options": dict(request.options),
+        "requester": {
+            "guild_id": request.requester.guild_id,
+            "user_id": request.requester.user_id,
+            "roles": list(request.requester.roles),
+            "channel_id": request.requester.channel_id,
+        },
+    }
+
+
 def request_to_json(request: GenerationRequest) -> str:
-    """Everything needed to run the request again, minus image bytes."""
-    return json.dumps(
-        {
-            "mode": request.mode.value,
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt,
-            "references": [
-                {
-                    "url": ref.url,
-                    "mime": ref.mime,
-                    "width": ref.width,
-                    "height": ref.height,
-                    "filename": ref.filename,
-                }
-                for ref in request.references
-            ],
-            "provider": request.provider,
-            "model": request.model,
-            "samples": request.samples,
-            "seed": request.seed,
-            "width": request.width,
-            "height": request.height,
-            "aspect_ratio": request.aspect_ratio,
-            "size": request.size,
-            "safety_checker": request.safety_checker,
-            "options": dict(request.options),
-            "requester": {
-                "guild_id": request.requester.guild_id,
-                "user_id": request.requester.user_id,
-                "roles": list(request.requester.roles),
-                "channel_id": request.requester.channel_id,
-            },
-        }
-    )
+    return json.dumps(request_to_dict(request))
 
 
 def request_from_json(text: str) -> GenerationRequest:

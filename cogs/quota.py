@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import csv
 import io
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -176,15 +176,15 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         unlimited: bool = False,
         remove: bool = False,
     ) -> None:
-        guild = self._guild(interaction)
-        if remove:
-            await self.ledger.remove_role_limit(guild, str(role.id))
-            await self._reply(interaction, f"{role.mention} no longer has its own allowance.")
-            return
-        value = _user_value(credits, unlimited)
-        await self.ledger.set_role_limit(guild, str(role.id), value)
-        await self._reply(
-            interaction, f"{role.mention}: {'unlimited' if value is None else value} credits."
+        await self._set_limit(
+            interaction,
+            role.mention,
+            lambda guild, value: self.ledger.set_role_limit(guild, str(role.id), value),
+            lambda guild: self.ledger.remove_role_limit(guild, str(role.id)),
+            credits=credits,
+            unlimited=unlimited,
+            remove=remove,
+            removed="no longer has its own allowance",
         )
 
     @app_commands.command(name="user-limit", description="Credits per period for one member")
@@ -197,16 +197,37 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         unlimited: bool = False,
         remove: bool = False,
     ) -> None:
+        await self._set_limit(
+            interaction,
+            member.mention,
+            lambda guild, value: self.ledger.set_user_limit(guild, str(member.id), value),
+            lambda guild: self.ledger.remove_user_limit(guild, str(member.id)),
+            credits=credits,
+            unlimited=unlimited,
+            remove=remove,
+            removed="follows the roles again",
+        )
+
+    async def _set_limit(
+        self,
+        interaction: discord.Interaction[ImageBot],
+        who: str,
+        set_limit: Callable[[str, int | None], Awaitable[object]],
+        remove_limit: Callable[[str], Awaitable[object]],
+        *,
+        credits: int | None,
+        unlimited: bool,
+        remove: bool,
+        removed: str,
+    ) -> None:
         guild = self._guild(interaction)
         if remove:
-            await self.ledger.remove_user_limit(guild, str(member.id))
-            await self._reply(interaction, f"{member.mention} follows the roles again.")
+            await remove_limit(guild)
+            await self._reply(interaction, f"{who} {removed}.")
             return
         value = _user_value(credits, unlimited)
-        await self.ledger.set_user_limit(guild, str(member.id), value)
-        await self._reply(
-            interaction, f"{member.mention}: {'unlimited' if value is None else value} credits."
-        )
+        await set_limit(guild, value)
+        await self._reply(interaction, f"{who}: {'unlimited' if value is None else value} credits.")
 
     @app_commands.command(name="grant", description="Extra credits for this period")
     @moderator_only()
