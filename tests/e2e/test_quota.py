@@ -301,3 +301,26 @@ async def test_pool_alerts_go_to_the_log_channel(world: World):
     assert (await final(await imagine(world, "five of five"))).embeds
     await world.discord.wait_for(lambda: any("100 %" in a for a in alerts()), timeout=10)
     assert sum("80 %" in a for a in alerts()) == 1
+
+
+async def test_sync_command_is_for_the_owner_only(world: World):
+    async def sync_as(user_id: int):
+        interaction = await world.discord.slash(
+            "sync", guild_id=world.guild_id, channel_id=world.channel_id, user_id=user_id
+        )
+        await interaction.wait_for(
+            lambda r: (
+                bool(r.callbacks) and (r.callbacks[0].type == CHANNEL_MESSAGE or bool(r.followups))
+            ),
+            timeout=15,
+        )
+        return interaction
+
+    refused = await sync_as(world.moderator_id)
+    assert "Only the bot's owner" in answer(refused)
+    owner = world.discord.add_member(
+        world.guild_id, user_id=world.discord.owner_user.id, name="app-owner"
+    )
+    synced = await sync_as(owner.id)
+    assert "Synced" in answer(synced)
+    assert world.discord.registered_commands(world.guild_id)
