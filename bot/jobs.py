@@ -119,6 +119,9 @@ class ProviderSlots:
         self._free = limit
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._watchers: dict[asyncio.Future[None], Callable[[int], Awaitable[None]]] = {}
+        # Position updates run on their own; the references keep them from being
+        # collected before they finish.
+        self._notifications: set[asyncio.Task[None]] = set()
 
     @property
     def waiting(self) -> int:
@@ -169,24 +172,20 @@ class ProviderSlots:
         for position, waiter in enumerate(self._waiters, start=1):
             watcher = self._watchers.get(waiter)
             if watcher is not None:
-                _spawn(watcher(position))
+                self._spawn(watcher(position))
 
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        """Run a position update without making the releaser wait for it."""
 
-_background: set[asyncio.Task[None]] = set()
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("progress notification failed")
 
-
-def _spawn(coro: Awaitable[None]) -> None:
-    """Run a progress notification without making the releaser wait for it."""
-
-    async def guarded() -> None:
-        try:
-            await coro
-        except Exception:
-            log.exception("progress notification failed")
-
-    task = asyncio.get_running_loop().create_task(guarded())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._notifications.add(task)
+        task.add_done_callback(self._notifications.discard)
 
 
 class Journal(Protocol):

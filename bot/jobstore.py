@@ -238,10 +238,10 @@ class JobStore:
     async def unfinished(self) -> list[JobRecord]:
         """Jobs a previous process accepted and never ended: to resume or refund."""
         rows = await self._db.fetch(
-            "SELECT id FROM jobs WHERE status NOT IN ('delivered', 'failed') ORDER BY created_at"
+            f"SELECT {_RECORD_COLUMNS} FROM jobs"  # noqa: S608 - a constant column list
+            " WHERE status NOT IN ('delivered', 'failed') ORDER BY created_at"
         )
-        records = [await self.get(str(row[0])) for row in rows]
-        return [record for record in records if record is not None]
+        return [_record(row) for row in rows]
 
     async def record_accepted(
         self, job_id: str, request: GenerationRequest, provider: str, cost: int
@@ -299,37 +299,11 @@ class JobStore:
         )
 
     async def get(self, job_id: str) -> JobRecord | None:
-        rows = list(
-            await self._db.fetch(
-                "SELECT id, guild_id, channel_id, user_id, provider, request_json, status, cost,"
-                " charged, seed, images_json, message_id, created_at, reservation_json,"
-                " provider_job_id, provider_fetch_url, outputs_json FROM jobs WHERE id = ?",
-                (job_id,),
-            )
+        rows = await self._db.fetch(
+            f"SELECT {_RECORD_COLUMNS} FROM jobs WHERE id = ?",  # noqa: S608 - constant columns
+            (job_id,),
         )
-        if not rows:
-            return None
-        row = rows[0]
-        images = tuple(StoredImage(**item) for item in json.loads(row[10] or "[]"))
-        return JobRecord(
-            id=row[0],
-            guild_id=row[1],
-            channel_id=row[2],
-            user_id=row[3],
-            provider=row[4],
-            request=request_from_json(row[5]),
-            status=row[6],
-            cost=row[7],
-            charged=row[8],
-            seed=row[9],
-            images=images,
-            message_id=row[11],
-            created_at=datetime.fromisoformat(row[12]),
-            reservation=reservation_from_json(row[13]) if row[13] else None,
-            provider_job_id=row[14],
-            provider_fetch_url=row[15],
-            outputs=tuple(json.loads(row[16] or "[]")),
-        )
+        return _record(rows[0]) if rows else None
 
     async def allowed_channels(self, guild_id: str) -> set[str]:
         rows = await self._db.fetch(
@@ -365,6 +339,36 @@ class JobStore:
             " updated_at = excluded.updated_at",
             (guild_id, channel_id, _now()),
         )
+
+
+_RECORD_COLUMNS = (
+    "id, guild_id, channel_id, user_id, provider, request_json, status, cost, charged, seed,"
+    " images_json, message_id, created_at, reservation_json, provider_job_id,"
+    " provider_fetch_url, outputs_json"
+)
+
+
+def _record(row: Sequence[Any]) -> JobRecord:
+    images = tuple(StoredImage(**item) for item in json.loads(row[10] or "[]"))
+    return JobRecord(
+        id=row[0],
+        guild_id=row[1],
+        channel_id=row[2],
+        user_id=row[3],
+        provider=row[4],
+        request=request_from_json(row[5]),
+        status=row[6],
+        cost=row[7],
+        charged=row[8],
+        seed=row[9],
+        images=images,
+        message_id=row[11],
+        created_at=datetime.fromisoformat(row[12]),
+        reservation=reservation_from_json(row[13]) if row[13] else None,
+        provider_job_id=row[14],
+        provider_fetch_url=row[15],
+        outputs=tuple(json.loads(row[16] or "[]")),
+    )
 
 
 def job_of(record: JobRecord) -> Job:

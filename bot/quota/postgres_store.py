@@ -42,6 +42,7 @@ from bot.quota.models import (
     Totals,
 )
 from bot.quota.periods import parse_period
+from bot.quota.rows import RowMapper
 
 T = TypeVar("T")
 
@@ -71,66 +72,12 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-def _entry(row: Any) -> Entry:
-    return Entry(
-        id=row["id"],
-        reservation_id=row["reservation_id"],
-        guild_id=row["guild_id"],
-        user_id=row["user_id"],
-        channel_id=row["channel_id"],
-        job_id=row["job_id"],
-        idempotency_key=row["idempotency_key"],
-        mode=row["mode"],
-        prompt=row["prompt"],
-        cost_reserved=row["cost_reserved"],
-        cost_settled=row["cost_settled"],
-        state=cast(EntryState, row["state"]),
-        reason=row["reason"],
-        period_start=row["period_start"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        owner=Owner(host=row["owner_host"], pid=row["owner_pid"], started=row["owner_started"]),
-    )
+def _as_is(value: datetime) -> datetime:
+    return value  # asyncpg returns timestamptz as aware datetimes
 
 
-def _grant(row: Any) -> Grant:
-    return Grant(
-        id=row["id"],
-        guild_id=row["guild_id"],
-        user_id=row["user_id"],
-        credits=row["credits"],
-        period_start=row["period_start"],
-        granted_by=row["granted_by"],
-        reason=row["reason"],
-        created_at=row["created_at"],
-    )
-
-
-def _reset(row: Any) -> ResetMarker:
-    return ResetMarker(
-        id=row["id"],
-        guild_id=row["guild_id"],
-        user_id=row["user_id"],
-        after_entry_id=row["after_entry_id"],
-        period_start=row["period_start"],
-        reset_by=row["reset_by"],
-        reason=row["reason"],
-        created_at=row["created_at"],
-    )
-
-
-def _ban(row: Any) -> Ban:
-    return Ban(
-        id=row["id"],
-        guild_id=row["guild_id"],
-        user_id=row["user_id"],
-        until=row["until"],
-        reason=row["reason"],
-        banned_by=row["banned_by"],
-        created_at=row["created_at"],
-        lifted_at=row["lifted_at"],
-        lifted_by=row["lifted_by"],
-    )
+_ROWS = RowMapper(_as_is)
+_entry, _grant, _reset, _ban = _ROWS.entry, _ROWS.grant, _ROWS.reset, _ROWS.ban
 
 
 def _utc(value: datetime) -> datetime:

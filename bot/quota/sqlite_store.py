@@ -36,6 +36,7 @@ from bot.quota.models import (
     Totals,
 )
 from bot.quota.periods import parse_period
+from bot.quota.rows import RowMapper
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -74,66 +75,8 @@ _ENTRY_COLUMNS = (
 )
 
 
-def _entry(row: sqlite3.Row) -> Entry:
-    return Entry(
-        id=row["id"],
-        reservation_id=row["reservation_id"],
-        guild_id=row["guild_id"],
-        user_id=row["user_id"],
-        channel_id=row["channel_id"],
-        job_id=row["job_id"],
-        idempotency_key=row["idempotency_key"],
-        mode=row["mode"],
-        prompt=row["prompt"],
-        cost_reserved=row["cost_reserved"],
-        cost_settled=row["cost_settled"],
-        state=cast(EntryState, row["state"]),
-        reason=row["reason"],
-        period_start=from_db(row["period_start"]),
-        created_at=from_db(row["created_at"]),
-        updated_at=from_db(row["updated_at"]),
-        owner=Owner(host=row["owner_host"], pid=row["owner_pid"], started=row["owner_started"]),
-    )
-
-
-def _grant(row: sqlite3.Row) -> Grant:
-    return Grant(
-        id=row["id"],
-        guild_id=row["guild_id"],
-        user_id=row["user_id"],
-        credits=row["credits"],
-        period_start=from_db(row["period_start"]),
-        granted_by=row["granted_by"],
-        reason=row["reason"],
-        created_at=from_db(row["created_at"]),
-    )
-
-
-def _reset(row: sqlite3.Row) -> ResetMarker:
-    return ResetMarker(
-        id=row["id"],
-        guild_id=row["guild_id"],
-        user_id=row["user_id"],
-        after_entry_id=row["after_entry_id"],
-        period_start=from_db(row["period_start"]),
-        reset_by=row["reset_by"],
-        reason=row["reason"],
-        created_at=from_db(row["created_at"]),
-    )
-
-
-def _ban(row: sqlite3.Row) -> Ban:
-    return Ban(
-        id=row["id"],
-        guild_id=row["guild_id"],
-        user_id=row["user_id"],
-        until=from_db(row["until"]),
-        reason=row["reason"],
-        banned_by=row["banned_by"],
-        created_at=from_db(row["created_at"]),
-        lifted_at=_opt_dt(row["lifted_at"]),
-        lifted_by=row["lifted_by"],
-    )
+_ROWS = RowMapper(from_db)
+_entry, _grant, _reset, _ban = _ROWS.entry, _ROWS.grant, _ROWS.reset, _ROWS.ban
 
 
 class SqliteTx:
