@@ -42,7 +42,10 @@ from bot.migrate import (
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # Bookkeeping of each database's own migrations, not data.
-_NOT_COPIED = frozenset({"schema_migrations"})
+# The pool totals are not copied: the target's triggers rebuild them from the
+# entries as they arrive.
+_NOT_COPIED = frozenset({"schema_migrations", "quota_pool_totals"})
+_REBUILT = ("quota_pool_totals",)
 _BATCH = 2000
 
 
@@ -196,7 +199,7 @@ async def _copy(
                 "use --force to replace it"
             )
         if report.replaced:
-            names = ", ".join(_ident(table) for table in tables)
+            names = ", ".join(_ident(table) for table in [*tables, *_REBUILT])
             await conn.execute(f"TRUNCATE {names} RESTART IDENTITY")
         # One read transaction: every table from the same moment.
         await src.execute("BEGIN")

@@ -381,6 +381,11 @@ class PostgresTx:
             return Totals()
         return Totals(settled=int(row["settled"]), reserved=int(row["reserved"]))
 
+    _POOL_SUMS = (
+        "SELECT COALESCE(SUM(settled), 0) AS settled, COALESCE(SUM(reserved), 0) AS reserved"
+        " FROM quota_pool_totals WHERE guild_id = $1 AND period_start >= $2 AND period_start < $3"
+    )
+
     async def totals(
         self,
         guild_id: str,
@@ -389,15 +394,33 @@ class PostgresTx:
         end: datetime,
         after_entry_id: int,
     ) -> Totals:
-        sql = (
-            self._SUMS
-            + " WHERE guild_id = $1 AND period_start >= $2 AND period_start < $3 AND id > $4"
+        bounds = [guild_id, _utc(start), _utc(end)]
+        if user_id is None:
+            # The pool's running totals (migration 005), less what a reset excluded.
+            pool = self._totals(await self._one(self._POOL_SUMS, *bounds))
+            if after_entry_id == 0:
+                return pool
+            excluded = self._totals(
+                await self._one(
+                    self._SUMS + " WHERE guild_id = $1 AND period_start >= $2"
+                    " AND period_start < $3 AND id <= $4",
+                    *bounds,
+                    after_entry_id,
+                )
+            )
+            return Totals(
+                settled=pool.settled - excluded.settled,
+                reserved=pool.reserved - excluded.reserved,
+            )
+        return self._totals(
+            await self._one(
+                self._SUMS + " WHERE guild_id = $1 AND period_start >= $2 AND period_start < $3"
+                " AND id > $4 AND user_id = $5",
+                *bounds,
+                after_entry_id,
+                user_id,
+            )
         )
-        params: list[Any] = [guild_id, _utc(start), _utc(end), after_entry_id]
-        if user_id is not None:
-            sql += " AND user_id = $5"
-            params.append(user_id)
-        return self._totals(await self._one(sql, *params))
 
     async def global_totals(self, start: datetime, end: datetime) -> Totals:
         return self._totals(

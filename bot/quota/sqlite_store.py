@@ -1,23 +1,26 @@
 """The SQLite ledger store (sqlite3 in one worker thread, WAL).
 
 One connection per process for transactions, owned by a single worker thread
-that runs one whole transaction (BEGIN, body, COMMIT) per call, so the
+that takes transaction bodies from a queue and runs each whole, so the
 statements of two transactions never interleave on it and the event loop never
-waits for the disk. Processes sharing the file are kept apart by SQLite's own
-locking: every write transaction starts with ``BEGIN IMMEDIATE``, which takes
-the single write lock up front (waiting up to ``busy_timeout``), so the reads
-that decide a reservation and the insert that makes it cannot be split by
-another writer. Migrations run first, on an aiosqlite connection.
-"""
+waits for the disk. Bodies queued together share one ``BEGIN IMMEDIATE`` and
+one ``COMMIT``, each in its own savepoint (group commit, see
+``SqliteLedgerStore._serve``). Processes sharing the file are kept apart by
+SQLite's own locking: every write transaction starts with ``BEGIN IMMEDIATE``,
+which takes the single write lock up front (waiting up to ``busy_timeout``), so
+the reads that decide a reservation and the insert that makes it cannot be split
+by another writer. Migrations run first, on an aiosqlite connection."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any, TypeVar, cast
 
 import aiosqlite
@@ -363,6 +366,11 @@ class SqliteTx:
         " FROM quota_entries"
     )
 
+    _POOL_SUMS = (
+        "SELECT COALESCE(SUM(settled), 0) AS settled, COALESCE(SUM(reserved), 0) AS reserved"
+        " FROM quota_pool_totals WHERE guild_id = ? AND period_start >= ? AND period_start < ?"
+    )
+
     async def totals(
         self,
         guild_id: str,
@@ -371,14 +379,30 @@ class SqliteTx:
         end: datetime,
         after_entry_id: int,
     ) -> Totals:
-        sql = (
-            self._SUMS + " WHERE guild_id = ? AND period_start >= ? AND period_start < ? AND id > ?"
+        bounds = [guild_id, self._db(start), self._db(end)]
+        if user_id is None:
+            # The pool's running totals (migration 005), less what a reset excluded.
+            pool = self._totals(self._one(self._POOL_SUMS, bounds))
+            if after_entry_id == 0:
+                return pool
+            excluded = self._totals(
+                self._one(
+                    self._SUMS
+                    + " WHERE guild_id = ? AND period_start >= ? AND period_start < ? AND id <= ?",
+                    [*bounds, after_entry_id],
+                )
+            )
+            return Totals(
+                settled=pool.settled - excluded.settled,
+                reserved=pool.reserved - excluded.reserved,
+            )
+        return self._totals(
+            self._one(
+                self._SUMS + " WHERE guild_id = ? AND period_start >= ? AND period_start < ?"
+                " AND id > ? AND user_id = ?",
+                [*bounds, after_entry_id, user_id],
+            )
         )
-        params: list[Any] = [guild_id, self._db(start), self._db(end), after_entry_id]
-        if user_id is not None:
-            sql += " AND user_id = ?"
-            params.append(user_id)
-        return self._totals(self._one(sql, params))
 
     async def global_totals(self, start: datetime, end: datetime) -> Totals:
         return self._totals(
@@ -486,6 +510,25 @@ class SqliteTx:
         return count > 0
 
 
+class _Work:
+    """One transaction body waiting for the store's worker thread."""
+
+    __slots__ = ("fn", "future", "writes")
+
+    def __init__(self, fn: Callable[[SqliteTx], Awaitable[Any]], *, writes: bool) -> None:
+        self.fn = fn
+        self.writes = writes
+        self.future: Future[Any] = Future()
+
+
+# How many queued transaction bodies one commit may carry. Large enough that a
+# burst of reservations shares few commits, small enough that one batch cannot
+# hold SQLite's write lock (and other processes) for long.
+MAX_BATCH = 64
+
+_STOP = object()
+
+
 class SqliteLedgerStore:
     """``LedgerStore`` on one SQLite file shared by any number of processes."""
 
@@ -494,11 +537,11 @@ class SqliteLedgerStore:
         self._migrations_dir = migrations_dir
         self._conn: aiosqlite.Connection | None = None
         # Transactions run on a plain sqlite3 connection owned by one worker
-        # thread: the thread runs one transaction at a time, so statements of
-        # two transactions never interleave on the connection.
-        self._sync: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._lock = asyncio.Lock()
+        # thread, which takes them from this queue in order.
+        self._queue: SimpleQueue[_Work | object] | None = None
+        self._worker: threading.Thread | None = None
+        # Commits made by the worker (several transactions may share one).
+        self.commits = 0
 
     async def open(self) -> None:
         if self._conn is not None:
@@ -509,18 +552,20 @@ class SqliteLedgerStore:
         conn = await aiosqlite.connect(
             self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
         )
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sqlite")
         try:
             conn.row_factory = sqlite3.Row
             await prepare_connection(conn, busy_timeout_ms=BUSY_TIMEOUT_MS)
             await apply_migrations(conn, directory=self._migrations_dir)
-            loop = asyncio.get_running_loop()
-            sync = await loop.run_in_executor(executor, self._connect)
+            sync = await asyncio.to_thread(self._connect)
         except BaseException:
-            executor.shutdown(wait=False)
             await conn.close()
             raise
-        self._conn, self._sync, self._executor = conn, sync, executor
+        queue: SimpleQueue[_Work | object] = SimpleQueue()
+        worker = threading.Thread(
+            target=self._serve, args=(sync, queue), name="ledger-sqlite", daemon=True
+        )
+        worker.start()
+        self._conn, self._queue, self._worker = conn, queue, worker
 
     def _connect(self) -> sqlite3.Connection:
         # The file is in WAL mode already (``prepare_connection`` above, and the
@@ -544,15 +589,14 @@ class SqliteLedgerStore:
     async def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            sync, self._sync = self._sync, None
-            executor, self._executor = self._executor, None
-            async with self._lock:
-                if executor is not None:
-                    # Queued behind every transaction already submitted.
-                    if sync is not None:
-                        await asyncio.get_running_loop().run_in_executor(executor, sync.close)
-                    executor.shutdown(wait=False)
-                await conn.close()
+            queue, self._queue = self._queue, None
+            worker, self._worker = self._worker, None
+            if queue is not None and worker is not None:
+                # Queued behind every transaction already submitted; the worker
+                # closes its connection on the way out.
+                queue.put(_STOP)
+                await asyncio.to_thread(worker.join)
+            await conn.close()
 
     @property
     def connection(self) -> aiosqlite.Connection:
@@ -561,39 +605,93 @@ class SqliteLedgerStore:
             raise RuntimeError("the ledger store is not open")
         return self._conn
 
-    async def _transaction(self, begin: str, fn: Callable[[SqliteTx], Awaitable[T]]) -> T:
-        sync, executor = self._sync, self._executor
-        if sync is None or executor is None:
+    async def _transaction(self, fn: Callable[[SqliteTx], Awaitable[T]], *, writes: bool) -> T:
+        queue = self._queue
+        if queue is None:
             raise RuntimeError("the ledger store is not open")
-        # BEGIN, the whole body and COMMIT run as one call in the worker thread,
-        # so cancelling the caller (an interaction timing out) cannot stop it
-        # between BEGIN and COMMIT and leave the connection inside an open
-        # transaction: a call already started runs to its end (a reservation
-        # made that way is found again by its idempotency key), one not started
-        # yet never runs.
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, _run_transaction, sync, begin, fn)
+        # The whole body runs in the worker thread, between a BEGIN and a COMMIT
+        # that this coroutine never sees, so cancelling the caller (an
+        # interaction timing out) cannot stop it half way: a body already
+        # started runs to its end (a reservation made that way is found again
+        # by its idempotency key), one not started yet never runs.
+        work = _Work(fn, writes=writes)
+        queue.put(work)
+        return cast(T, await asyncio.wrap_future(work.future))
 
     async def write(self, fn: Callable[[SqliteTx], Awaitable[T]]) -> T:
-        return await self._transaction("BEGIN IMMEDIATE", fn)
+        return await self._transaction(fn, writes=True)
 
     async def read(self, fn: Callable[[SqliteTx], Awaitable[T]]) -> T:
-        return await self._transaction("BEGIN", fn)
+        return await self._transaction(fn, writes=False)
 
+    def _serve(self, conn: sqlite3.Connection, queue: SimpleQueue[_Work | object]) -> None:
+        """The worker thread: run queued bodies, several to a commit, until told to stop.
 
-def _run_transaction(
-    conn: sqlite3.Connection, begin: str, fn: Callable[[SqliteTx], Awaitable[T]]
-) -> T:
-    """One whole transaction, in the store's worker thread."""
-    conn.execute(begin)
-    try:
-        result = _drive(fn(SqliteTx(conn)))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return result
+        Group commit: whatever is queued when the worker gets to it (a burst of
+        reservations from many members) runs in one transaction, each body inside
+        its own savepoint, so a body that fails (a refusal) is undone alone while
+        the others share one ``BEGIN IMMEDIATE`` and one ``COMMIT``, the part of a
+        transaction that costs most. No caller hears of its result before the
+        commit that makes it durable; if that commit fails, every body in it fails.
+        """
+        try:
+            while True:
+                item = queue.get()
+                batch: list[_Work] = []
+                stop = False
+                while True:
+                    if item is _STOP:
+                        stop = True
+                        break
+                    assert isinstance(item, _Work)
+                    # False when the caller was cancelled before its turn.
+                    if item.future.set_running_or_notify_cancel():
+                        batch.append(item)
+                    if len(batch) >= MAX_BATCH or queue.empty():
+                        break
+                    item = queue.get()
+                if batch:
+                    self._run_batch(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Work]) -> None:
+        outcomes: list[tuple[_Work, Any, BaseException | None]] = []
+        alone = len(batch) == 1
+        try:
+            conn.execute("BEGIN IMMEDIATE" if any(work.writes for work in batch) else "BEGIN")
+            for work in batch:
+                if alone:
+                    # No savepoint needed: a failure rolls the whole transaction back.
+                    outcomes.append((work, _drive(work.fn(SqliteTx(conn))), None))
+                    continue
+                conn.execute("SAVEPOINT body")
+                try:
+                    result = _drive(work.fn(SqliteTx(conn)))
+                except Exception as error:  # noqa: BLE001 - handed to its caller below
+                    conn.execute("ROLLBACK TO body")
+                    conn.execute("RELEASE body")
+                    outcomes.append((work, None, error))
+                else:
+                    conn.execute("RELEASE body")
+                    outcomes.append((work, result, None))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except BaseException as error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for work in batch:
+                work.future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for work, result, failure in outcomes:
+            if failure is None:
+                work.future.set_result(result)
+            else:
+                work.future.set_exception(failure)
 
 
 def _drive(awaitable: Awaitable[T]) -> T:

@@ -387,6 +387,22 @@ class LedgerMachine(RuleBasedStateMachine):
         assert bad == 0
 
     @invariant()
+    def running_pool_totals_equal_the_entries(self) -> None:
+        # Migration 005's triggers, for every guild and period ever touched.
+        kept = self.fetch(
+            "SELECT guild_id, period_start, settled, reserved FROM quota_pool_totals"
+            " WHERE settled <> 0 OR reserved <> 0 ORDER BY 1, 2"
+        )
+        summed = self.fetch(
+            "SELECT * FROM (SELECT guild_id, period_start,"
+            " COALESCE(SUM(CASE WHEN state = 'settled' THEN cost_settled END), 0) AS s,"
+            " COALESCE(SUM(CASE WHEN state = 'reserved' THEN cost_reserved END), 0) AS r"
+            " FROM quota_entries GROUP BY guild_id, period_start) AS sums"
+            " WHERE s <> 0 OR r <> 0 ORDER BY 1, 2"
+        )
+        assert kept == summed
+
+    @invariant()
     def thresholds_fire_once(self) -> None:
         fired = [(e.guild_id, e.period_start, e.percent) for e in self.events]
         assert len(fired) == len(set(fired))
