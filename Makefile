@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
 
 # The PostgreSQL half of the tests runs where TEST_DATABASE_URL is set, or where a
 # local server answers for a database named `test`; elsewhere it is skipped.
@@ -25,6 +26,10 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@ $(RUN_STAMP)
 
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $@ $(DEV_STAMP) $(RUN_STAMP)
+
 run: $(RUN_STAMP)
 	$(BIN)/python -m bot run
 
@@ -41,7 +46,7 @@ unit: $(DEV_STAMP)
 
 test: lint typecheck unit
 
-bench: $(DEV_STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 clean:

@@ -159,6 +159,7 @@ class Bench:
             json.dumps(settings),
             str(self.tmp / f"bot-{label}.log"),
             log=self.tmp / f"bot-{label}.stderr",
+            profile=self.args.profile / f"bot-{label}.raw" if self.args.profile else None,
         )
         await self.world.discord.wait_until_ready()
         return child
@@ -447,6 +448,8 @@ async def amain(args: argparse.Namespace) -> int:
     bench = Bench(args, tmp)
     figures = make_figures(args)
     bench.log(f"logs in {tmp}")
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     try:
         if "fit" in only:
             await bench.fit(figures["fit"])
@@ -492,6 +495,12 @@ def main() -> int:
     parser.add_argument("--ledger-pairs", type=int, default=LEDGER_PAIRS)
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     parser.add_argument("--keep-logs", action="store_true", help="keep the children's logs")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record each bot process with py-spy into DIR (summarise: python -m bench.profile)",
+    )
     return asyncio.run(amain(parser.parse_args()))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,29 @@ class Child:
         self.log = log
 
     @classmethod
-    async def start(cls, module: str, *args: str, log: Path, within: float = 60.0) -> Child:
+    async def start(
+        cls,
+        module: str,
+        *args: str,
+        log: Path,
+        within: float = 60.0,
+        profile: Path | None = None,
+    ) -> Child:
+        """``profile``: record the child with py-spy into this file (raw format)."""
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env.setdefault("PYTHONHASHSEED", "0")
+        prefix: list[str] = []
+        if profile is not None:
+            py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which(
+                "py-spy"
+            )
+            if py_spy is None:
+                raise ChildError("--profile needs py-spy: .venv/bin/pip install py-spy")
+            prefix = [py_spy, "record", "-r", "200", "-f", "raw", "-o", str(profile), "--"]
         with open(log, "ab") as stderr:  # noqa: ASYNC230 - a log file
             proc = await asyncio.create_subprocess_exec(
+                *prefix,
                 sys.executable,
                 "-m",
                 module,
@@ -48,14 +66,23 @@ class Child:
 
     async def _read(self, within: float) -> dict[str, Any]:
         assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), within)
-        except TimeoutError:
-            raise ChildError(
-                f"{self.name} did not answer within {within} s; see {self.log}"
-            ) from None
-        if not line:
-            raise ChildError(f"{self.name} exited (code {self.proc.returncode}); see {self.log}")
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            try:
+                line = await asyncio.wait_for(
+                    self.proc.stdout.readline(), deadline - asyncio.get_running_loop().time()
+                )
+            except TimeoutError:
+                raise ChildError(
+                    f"{self.name} did not answer within {within} s; see {self.log}"
+                ) from None
+            if not line:
+                raise ChildError(
+                    f"{self.name} exited (code {self.proc.returncode}); see {self.log}"
+                )
+            # py-spy, when it records the child, writes its own lines here too.
+            if line.lstrip().startswith(b"{"):
+                break
         answer: dict[str, Any] = json.loads(line)
         return answer
 
