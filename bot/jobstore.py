@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import aiosqlite
 
+from bot import sqlite_worker
 from bot.config import Settings
 from bot.jobs import Job, summarise_references
 from bot.migrate import (
@@ -25,6 +26,7 @@ from bot.migrate import (
 )
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
 from bot.quota.base import Reservation
+from bot.sqlite_worker import SqliteWorker
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,17 +144,21 @@ class _Database(Protocol):
 
 
 class _Sqlite:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    """Statements on the file's shared worker (``bot.sqlite_worker``), so that the
+    job journal's writes share commits with the ledger's instead of competing
+    with them for the file's write lock."""
+
+    def __init__(self, worker: SqliteWorker) -> None:
+        self._worker = worker
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        cursor = await self._conn.execute(sql, tuple(params))
-        changed = cursor.rowcount
-        await cursor.close()
-        return changed
+        values = tuple(params)
+        return await self._worker.write(lambda conn: conn.execute(sql, values).rowcount)
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        return list(await self._conn.execute_fetchall(sql, tuple(params)))
+        values = tuple(params)
+        rows = await self._worker.read(lambda conn: conn.execute(sql, values).fetchall())
+        return [tuple(row) for row in rows]
 
 
 class _Postgres:
@@ -195,7 +201,11 @@ class JobStore:
         async with aiosqlite.connect(path, isolation_level=None) as conn:
             await prepare_connection(conn)
             await apply_migrations(conn)
-            yield cls(_Sqlite(conn))
+        worker = await sqlite_worker.acquire(path)
+        try:
+            yield cls(_Sqlite(worker))
+        finally:
+            await sqlite_worker.release(worker)
 
     @classmethod
     @contextlib.asynccontextmanager

@@ -1,30 +1,28 @@
-"""The SQLite ledger store (sqlite3 in one worker thread, WAL).
+"""The SQLite ledger store (WAL), its transactions run by the file's worker thread.
 
-One connection per process for transactions, owned by a single worker thread
-that takes transaction bodies from a queue and runs each whole, so the
-statements of two transactions never interleave on it and the event loop never
-waits for the disk. Bodies queued together share one ``BEGIN IMMEDIATE`` and
-one ``COMMIT``, each in its own savepoint (group commit, see
-``SqliteLedgerStore._serve``). Processes sharing the file are kept apart by
-SQLite's own locking: every write transaction starts with ``BEGIN IMMEDIATE``,
-which takes the single write lock up front (waiting up to ``busy_timeout``), so
-the reads that decide a reservation and the insert that makes it cannot be split
-by another writer. Migrations run first, on an aiosqlite connection."""
+Every transaction body runs whole in the worker thread of ``bot.sqlite_worker``,
+which owns the process's one connection to the file (shared with the job
+store): statements of two transactions never interleave, the event loop never
+waits for the disk, and bodies queued together share a commit. Processes
+sharing the file are kept apart by SQLite's own locking: every write
+transaction starts with ``BEGIN IMMEDIATE``, which takes the single write lock
+up front (waiting up to ``busy_timeout``), so the reads that decide a
+reservation and the insert that makes it cannot be split by another writer.
+Migrations run first, on an aiosqlite connection."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
-import threading
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
-from queue import SimpleQueue
 from typing import Any, TypeVar, cast
 
 import aiosqlite
 
+from bot import sqlite_worker
 from bot.migrate import MIGRATIONS_DIR, apply_migrations, prepare_connection
 from bot.quota.models import (
     Ban,
@@ -40,8 +38,7 @@ from bot.quota.models import (
 )
 from bot.quota.periods import parse_period
 from bot.quota.rows import RowMapper
-
-BUSY_TIMEOUT_MS = 30_000
+from bot.sqlite_worker import BUSY_TIMEOUT_MS, SqliteWorker
 
 T = TypeVar("T")
 
@@ -510,25 +507,6 @@ class SqliteTx:
         return count > 0
 
 
-class _Work:
-    """One transaction body waiting for the store's worker thread."""
-
-    __slots__ = ("fn", "future", "writes")
-
-    def __init__(self, fn: Callable[[SqliteTx], Awaitable[Any]], *, writes: bool) -> None:
-        self.fn = fn
-        self.writes = writes
-        self.future: Future[Any] = Future()
-
-
-# How many queued transaction bodies one commit may carry. Large enough that a
-# burst of reservations shares few commits, small enough that one batch cannot
-# hold SQLite's write lock (and other processes) for long.
-MAX_BATCH = 64
-
-_STOP = object()
-
-
 class SqliteLedgerStore:
     """``LedgerStore`` on one SQLite file shared by any number of processes."""
 
@@ -536,12 +514,7 @@ class SqliteLedgerStore:
         self.path = Path(path)
         self._migrations_dir = migrations_dir
         self._conn: aiosqlite.Connection | None = None
-        # Transactions run on a plain sqlite3 connection owned by one worker
-        # thread, which takes them from this queue in order.
-        self._queue: SimpleQueue[_Work | object] | None = None
-        self._worker: threading.Thread | None = None
-        # Commits made by the worker (several transactions may share one).
-        self.commits = 0
+        self._worker: SqliteWorker | None = None
 
     async def open(self) -> None:
         if self._conn is not None:
@@ -556,142 +529,47 @@ class SqliteLedgerStore:
             conn.row_factory = sqlite3.Row
             await prepare_connection(conn, busy_timeout_ms=BUSY_TIMEOUT_MS)
             await apply_migrations(conn, directory=self._migrations_dir)
-            sync = await asyncio.to_thread(self._connect)
+            worker = await sqlite_worker.acquire(self.path)
         except BaseException:
             await conn.close()
             raise
-        queue: SimpleQueue[_Work | object] = SimpleQueue()
-        worker = threading.Thread(
-            target=self._serve, args=(sync, queue), name="ledger-sqlite", daemon=True
-        )
-        worker.start()
-        self._conn, self._queue, self._worker = conn, queue, worker
-
-    def _connect(self) -> sqlite3.Connection:
-        # The file is in WAL mode already (``prepare_connection`` above, and the
-        # mode is stored in the file); the other settings are per connection.
-        sync = sqlite3.connect(
-            self.path,
-            isolation_level=None,
-            timeout=BUSY_TIMEOUT_MS / 1000,
-            check_same_thread=False,
-        )
-        try:
-            sync.row_factory = sqlite3.Row
-            sync.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            sync.execute("PRAGMA synchronous = NORMAL")
-            sync.execute("PRAGMA foreign_keys = ON")
-        except BaseException:
-            sync.close()
-            raise
-        return sync
+        self._conn, self._worker = conn, worker
 
     async def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            queue, self._queue = self._queue, None
             worker, self._worker = self._worker, None
-            if queue is not None and worker is not None:
-                # Queued behind every transaction already submitted; the worker
-                # closes its connection on the way out.
-                queue.put(_STOP)
-                await asyncio.to_thread(worker.join)
+            if worker is not None:
+                await sqlite_worker.release(worker)
             await conn.close()
 
     @property
     def connection(self) -> aiosqlite.Connection:
-        """The connection migrations ran on (transactions use their own)."""
+        """The connection migrations ran on (transactions use the shared worker's)."""
         if self._conn is None:
             raise RuntimeError("the ledger store is not open")
         return self._conn
 
-    async def _transaction(self, fn: Callable[[SqliteTx], Awaitable[T]], *, writes: bool) -> T:
-        queue = self._queue
-        if queue is None:
+    @property
+    def commits(self) -> int:
+        """Commits the file's worker has made (several transactions may share one)."""
+        return 0 if self._worker is None else self._worker.commits
+
+    def _open_worker(self) -> SqliteWorker:
+        if self._worker is None:
             raise RuntimeError("the ledger store is not open")
-        # The whole body runs in the worker thread, between a BEGIN and a COMMIT
-        # that this coroutine never sees, so cancelling the caller (an
-        # interaction timing out) cannot stop it half way: a body already
-        # started runs to its end (a reservation made that way is found again
-        # by its idempotency key), one not started yet never runs.
-        work = _Work(fn, writes=writes)
-        queue.put(work)
-        return cast(T, await asyncio.wrap_future(work.future))
+        return self._worker
 
     async def write(self, fn: Callable[[SqliteTx], Awaitable[T]]) -> T:
-        return await self._transaction(fn, writes=True)
+        return await self._open_worker().write(functools.partial(_run_body, fn))
 
     async def read(self, fn: Callable[[SqliteTx], Awaitable[T]]) -> T:
-        return await self._transaction(fn, writes=False)
+        return await self._open_worker().read(functools.partial(_run_body, fn))
 
-    def _serve(self, conn: sqlite3.Connection, queue: SimpleQueue[_Work | object]) -> None:
-        """The worker thread: run queued bodies, several to a commit, until told to stop.
 
-        Group commit: whatever is queued when the worker gets to it (a burst of
-        reservations from many members) runs in one transaction, each body inside
-        its own savepoint, so a body that fails (a refusal) is undone alone while
-        the others share one ``BEGIN IMMEDIATE`` and one ``COMMIT``, the part of a
-        transaction that costs most. No caller hears of its result before the
-        commit that makes it durable; if that commit fails, every body in it fails.
-        """
-        try:
-            while True:
-                item = queue.get()
-                batch: list[_Work] = []
-                stop = False
-                while True:
-                    if item is _STOP:
-                        stop = True
-                        break
-                    assert isinstance(item, _Work)
-                    # False when the caller was cancelled before its turn.
-                    if item.future.set_running_or_notify_cancel():
-                        batch.append(item)
-                    if len(batch) >= MAX_BATCH or queue.empty():
-                        break
-                    item = queue.get()
-                if batch:
-                    self._run_batch(conn, batch)
-                if stop:
-                    return
-        finally:
-            conn.close()
-
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Work]) -> None:
-        outcomes: list[tuple[_Work, Any, BaseException | None]] = []
-        alone = len(batch) == 1
-        try:
-            conn.execute("BEGIN IMMEDIATE" if any(work.writes for work in batch) else "BEGIN")
-            for work in batch:
-                if alone:
-                    # No savepoint needed: a failure rolls the whole transaction back.
-                    outcomes.append((work, _drive(work.fn(SqliteTx(conn))), None))
-                    continue
-                conn.execute("SAVEPOINT body")
-                try:
-                    result = _drive(work.fn(SqliteTx(conn)))
-                except Exception as error:  # noqa: BLE001 - handed to its caller below
-                    conn.execute("ROLLBACK TO body")
-                    conn.execute("RELEASE body")
-                    outcomes.append((work, None, error))
-                else:
-                    conn.execute("RELEASE body")
-                    outcomes.append((work, result, None))
-            conn.execute("COMMIT")
-            self.commits += 1
-        except BaseException as error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            for work in batch:
-                work.future.set_exception(error)
-            if not isinstance(error, Exception):
-                raise
-            return
-        for work, result, failure in outcomes:
-            if failure is None:
-                work.future.set_result(result)
-            else:
-                work.future.set_exception(failure)
+def _run_body(fn: Callable[[SqliteTx], Awaitable[T]], conn: sqlite3.Connection) -> T:
+    """A ledger transaction's body, in the worker thread, inside its transaction."""
+    return _drive(fn(SqliteTx(conn)))
 
 
 def _drive(awaitable: Awaitable[T]) -> T:

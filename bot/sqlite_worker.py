@@ -1,0 +1,198 @@
+"""One SQLite connection per database file and process, in a thread of its own.
+
+The quota ledger and the job store live in the same file. Each used to hold a
+connection of its own, so their writes competed for SQLite's single write lock
+inside one process, and a writer that found it taken slept in SQLite's busy
+handler (1, 2, 5, 10 ms ...) on a member's path. Here every transaction of the
+process goes through one worker thread that owns the only connection: they
+queue instead of colliding, and those queued together share one
+``BEGIN IMMEDIATE`` and one ``COMMIT`` (group commit), each body inside its own
+savepoint so that one failing (a quota refusal) is undone alone. No caller
+hears of its result before the commit that makes it durable; if that commit
+fails, every body in it fails. Other processes on the file (the CLI, a second
+shard) are kept apart by SQLite's locking as before: ``BEGIN IMMEDIATE`` takes
+the write lock up front, waiting up to ``busy_timeout``.
+
+A body is a plain function of the ``sqlite3.Connection``, run in the worker
+thread from start to end: a caller cancelled before its body started never runs
+it; one cancelled later cannot stop it half way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from queue import SimpleQueue
+from typing import Any, TypeVar, cast
+
+BUSY_TIMEOUT_MS = 30_000
+
+# How many queued bodies one commit may carry: enough that a burst of
+# reservations shares few commits, few enough that one batch cannot hold the
+# file's write lock (and other processes) for long.
+MAX_BATCH = 64
+
+T = TypeVar("T")
+Body = Callable[[sqlite3.Connection], T]
+
+
+class _Work:
+    __slots__ = ("body", "future", "writes")
+
+    def __init__(self, body: Body[Any], *, writes: bool) -> None:
+        self.body = body
+        self.writes = writes
+        self.future: Future[Any] = Future()
+
+
+_STOP = object()
+
+
+class SqliteWorker:
+    """The worker thread and connection for one file; see the module's text."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self.commits = 0  # several transactions may share one
+        self._queue: SimpleQueue[_Work | object] = SimpleQueue()
+        self._users = 0
+        self._thread = threading.Thread(
+            target=self._serve, args=(conn,), name=f"sqlite-{path.name}", daemon=True
+        )
+        self._thread.start()
+
+    async def write(self, body: Body[T]) -> T:
+        return await self._submit(body, writes=True)
+
+    async def read(self, body: Body[T]) -> T:
+        return await self._submit(body, writes=False)
+
+    async def _submit(self, body: Body[T], *, writes: bool) -> T:
+        if not self._thread.is_alive():
+            raise RuntimeError(f"the SQLite worker for {self.path} has stopped")
+        work = _Work(body, writes=writes)
+        self._queue.put(work)
+        return cast(T, await asyncio.wrap_future(work.future))
+
+    async def _stop(self) -> None:
+        # Queued behind every transaction already submitted.
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                batch: list[_Work] = []
+                stop = False
+                while True:
+                    if item is _STOP:
+                        stop = True
+                        break
+                    assert isinstance(item, _Work)
+                    # False when the caller was cancelled before its turn.
+                    if item.future.set_running_or_notify_cancel():
+                        batch.append(item)
+                    if len(batch) >= MAX_BATCH or self._queue.empty():
+                        break
+                    item = self._queue.get()
+                if batch:
+                    self._run_batch(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Work]) -> None:
+        outcomes: list[tuple[_Work, Any, BaseException | None]] = []
+        alone = len(batch) == 1
+        try:
+            conn.execute("BEGIN IMMEDIATE" if any(work.writes for work in batch) else "BEGIN")
+            for work in batch:
+                if alone:
+                    # No savepoint needed: a failure rolls the whole transaction back.
+                    outcomes.append((work, work.body(conn), None))
+                    continue
+                conn.execute("SAVEPOINT body")
+                try:
+                    result = work.body(conn)
+                except Exception as error:  # noqa: BLE001 - handed to its caller below
+                    conn.execute("ROLLBACK TO body")
+                    conn.execute("RELEASE body")
+                    outcomes.append((work, None, error))
+                else:
+                    conn.execute("RELEASE body")
+                    outcomes.append((work, result, None))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except BaseException as error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for work in batch:
+                work.future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for work, result, failure in outcomes:
+            if failure is None:
+                work.future.set_result(result)
+            else:
+                work.future.set_exception(failure)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # The file is in WAL mode already (``prepare_connection`` ran on it, and the
+    # mode is stored in the file); the other settings are per connection.
+    # isolation_level=None: every transaction here is an explicit BEGIN.
+    conn = sqlite3.connect(
+        path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+    )
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+# One worker per file in this process, shared by everything that opens it.
+_shared: dict[Path, SqliteWorker] = {}
+_shared_lock = threading.Lock()
+
+
+async def acquire(path: Path) -> SqliteWorker:
+    """The process's worker for ``path`` (migrated already), started on first use."""
+    key = await asyncio.to_thread(path.resolve)
+    with _shared_lock:
+        worker = _shared.get(key)
+        if worker is not None:
+            worker._users += 1
+            return worker
+    conn = await asyncio.to_thread(_connect, key)
+    with _shared_lock:
+        worker = _shared.get(key)
+        spare = worker is not None  # another opener won the race
+        if worker is None:
+            worker = _shared[key] = SqliteWorker(key, conn)
+        worker._users += 1
+    if spare:
+        await asyncio.to_thread(conn.close)
+    return worker
+
+
+async def release(worker: SqliteWorker) -> None:
+    """Give the worker back; the last user stops it after what is queued."""
+    with _shared_lock:
+        worker._users -= 1
+        if worker._users > 0:
+            return
+        if _shared.get(worker.path) is worker:
+            del _shared[worker.path]
+    await worker._stop()
