@@ -18,7 +18,7 @@ from pathlib import Path
 IDLE_LEAVES = (
     "_worker (concurrent/futures/thread.py",
     "_connection_worker_thread (aiosqlite/core.py",
-    "SqliteLedgerStore._serve (",
+    "SqliteWorker._serve (",
     "select (selectors.py",  # EpollSelector.select: the event loop waiting
     "wait (threading.py",
     "Condition.wait (threading.py",

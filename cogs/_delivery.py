@@ -122,7 +122,10 @@ class DiscordDelivery:
         self.bot = bot
         self.interaction = interaction
         self.channel_id = channel_id or (interaction.channel_id if interaction else None)
-        self._last_edit = 0.0
+        # The deferred reply already says the bot is thinking, so the first
+        # progress edit waits an interval like the others: a quick job goes
+        # straight to its result without an edit (and a Message parse) of its own.
+        self._last_edit = time.monotonic()
         self._last_text = ""
         self.messages: list[discord.Message] = []
         self._dead_token = False

@@ -124,11 +124,21 @@ async def test_age_restricted_channel_leaves_the_safety_checker_to_the_provider(
 
 
 async def test_progress_is_shown_while_the_provider_works(world: World):
-    world.providers.script("text2img", Processing(polls=3, eta=0.2))
+    world.bot.settings.progress_interval = 0.2
+    # The e2e settings poll every 0.05 s at most: about a second of "processing".
+    world.providers.script("text2img", Processing(polls=20, eta=0.3))
     interaction = await imagine(world, "a slow painting")
     message = await final(interaction, within=20)
     contents = [edit.get("content") or "" for edit in message.edits]
-    assert any("Sending" in c or "working" in c for c in contents), contents
+    assert any("working on it" in c for c in contents), contents
+    assert message.embeds
+
+
+async def test_a_quick_job_goes_straight_to_its_result(world: World):
+    """No progress edit before the first interval: the "thinking" reply suffices."""
+    interaction = await imagine(world, "a quick sketch")
+    message = await final(interaction, within=20)
+    assert [edit.get("content") for edit in message.edits if edit.get("content")] == []
     assert message.embeds
 
 

@@ -233,14 +233,15 @@ async def test_sigterm_hands_over_and_the_next_start_delivers(setup):
 
 async def test_killed_while_uploading_posts_once_on_the_next_start(setup):
     discord_emu, providers, ids, bot, env = setup
+    # No progress edit before the result: the first PATCH of the reply is the upload.
+    bot.env["PROGRESS_INTERVAL"] = "600"
     await bot.start(discord_emu)
-    providers.script("text2img", Processing(polls=3, eta=0.2))
-    interaction = await imagine(discord_emu, ids, "caught mid-upload")
-    # Let the progress edit through, then hold the result upload with a long 429.
-    await interaction.wait_for(lambda r: r.original is not None and not r.original.loading)
+    # Hold the result upload with a long 429 once it comes.
     discord_emu.fail_next(
         "PATCH", r"/webhooks/\d+/[^/]+/messages/@original", status=429, retry_after=60
     )
+    providers.script("text2img", Processing(polls=3, eta=0.2))
+    await imagine(discord_emu, ids, "caught mid-upload")
     await discord_emu.wait_for(
         lambda: any(r.injected for r in discord_emu.requests), timeout=30, what="held upload"
     )
