@@ -509,7 +509,10 @@ class Pipeline:
             await _report(delivery, job, Progress(stage=Stage.QUEUED, queue_position=position))
 
         async with self.slots[provider.name].slot(on_position):
-            await self._record(job, "submitting", provider=provider.name)
+            if provider.name != job.provider:
+                # A failover: the journal must name the provider a restart would
+                # poll. The first attempt's provider was recorded on admission.
+                await self._record(job, "submitting", provider=provider.name)
             await _report(delivery, job, Progress(stage=Stage.SUBMITTING))
             output = await provider.generate(
                 attempt.request, self._progress_reporter(job, delivery)
