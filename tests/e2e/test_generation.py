@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import sys
 from typing import Any
 
+import pytest
 from PIL import Image
 
+from bot.app import GIL_SWITCH_INTERVAL
 from tests.e2e.conftest import World, make_settings, populate, running_bot
 from tests.emulators.providers import Processing, make_png
 
@@ -409,3 +412,8 @@ async def test_duplicate_interaction_event_makes_one_job(world: World):
     await world.discord.redispatch(interaction)
     await asyncio.sleep(0.5)
     assert len(world.providers.requests_to("text2img")) == count
+
+
+async def test_the_running_bot_hands_the_gil_back_quickly(world: World):
+    # Thread hand-backs (SQLite, Pillow, file writes) are on every member's path.
+    assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL)
