@@ -530,19 +530,27 @@ class Pipeline:
         if job.id not in self._in_image_phase:  # a failover's second try holds it already
             await self._image_phase.acquire()
             self._in_image_phase.add(job.id)
-        # Result links are recorded first: a crash while downloading can fetch again.
-        await self._record(
-            job,
-            "downloading",
-            provider=output.provider,
-            outputs=[ref.url for ref in output.outputs if ref.url is not None],
+        # Result links are recorded so that a crash while downloading can fetch
+        # again. The download need not wait for that write: a crash before it
+        # lands leaves the job as it was a moment before, which recovers the same
+        # way, and the journal's writes stay in order ("delivering" comes later).
+        recorded = asyncio.ensure_future(
+            self._record(
+                job,
+                "downloading",
+                provider=output.provider,
+                outputs=[ref.url for ref in output.outputs if ref.url is not None],
+            )
         )
-        await _report(
-            delivery,
-            job,
-            Progress(stage=Stage.DOWNLOADING, provider_job_id=output.provider_job_id),
-        )
-        images = await self._collect(job, output)
+        try:
+            await _report(
+                delivery,
+                job,
+                Progress(stage=Stage.DOWNLOADING, provider_job_id=output.provider_job_id),
+            )
+            images = await self._collect(job, output)
+        finally:
+            await recorded
         return JobResult(
             job=job,
             request=request,
