@@ -1,0 +1,31 @@
+"""Result uploads leave in one write instead of 64 KiB turns of the event loop."""
+
+from __future__ import annotations
+
+import os
+from unittest import mock
+
+from aiohttp import FormData
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import get_payload
+
+from cogs._upload_buffer import UploadBuffer
+
+
+async def test_an_upload_is_written_whole_in_one_call() -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    payload = get_payload(UploadBuffer(data), filename="image_1.png")
+    assert payload.size == len(data)
+    writer = mock.create_autospec(AbstractStreamWriter, instance=True)
+    await payload.write(writer)
+    # Written again (discord.py retries an upload after a 429): the same bytes.
+    await payload.write(writer)
+    assert [call.args[0] for call in writer.write.await_args_list] == [data, data]
+
+
+async def test_discord_py_multipart_form_carries_the_whole_image() -> None:
+    data = os.urandom(200_000)
+    form = FormData()
+    form.add_field("files[0]", UploadBuffer(data), filename="image_1.png")
+    body = await form().as_bytes()
+    assert data in body
