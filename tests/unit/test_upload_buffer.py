@@ -20,7 +20,9 @@ async def test_an_upload_is_written_whole_in_one_call() -> None:
     await payload.write(writer)
     # Written again (discord.py retries an upload after a 429): the same bytes.
     await payload.write(writer)
-    assert [call.args[0] for call in writer.write.await_args_list] == [data, data]
+    written = [call.args[0] for call in writer.write.await_args_list]
+    assert written == [data, data]
+    assert all(chunk is data for chunk in written)  # the member's bytes, never copied
 
 
 async def test_discord_py_multipart_form_carries_the_whole_image() -> None:
