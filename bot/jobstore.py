@@ -396,11 +396,16 @@ def job_of(record: JobRecord) -> Job:
 
 
 def reservation_to_json(reservation: Reservation) -> str:
-    data = dataclasses.asdict(reservation)
-    for key, value in data.items():
-        if isinstance(value, datetime):
-            data[key] = value.isoformat()
+    # A flat dataclass: a shallow walk (asdict deep-copies every value, on every job).
+    data = {
+        item.name: _json_value(getattr(reservation, item.name))
+        for item in dataclasses.fields(reservation)
+    }
     return json.dumps(data)
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 def reservation_from_json(text: str) -> Reservation:
