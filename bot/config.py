@@ -209,10 +209,11 @@ class Settings(BaseSettings):
         7, ge=0, description="days to keep original results under DATA_DIR; 0 keeps none"
     )
     image_jobs: int = Field(
-        4,
+        2,
         ge=1,
         le=64,
-        description="jobs downloading, fitting or uploading images at once (bounds memory)",
+        description="jobs downloading, fitting or uploading images at once (bounds memory: "
+        "about 50 MB each for four 2048² results)",
     )
     image_workers: int = Field(
         2, ge=1, le=32, description="threads for Pillow work (decode, re-encode, grids)"

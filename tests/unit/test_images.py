@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import GifImagePlugin, Image
 
+from bot import images as images_module
 from bot.errors import (
     ImageError,
     ProviderBadResponse,
@@ -438,6 +439,103 @@ async def test_tiny_limit_forces_downscale(processor: ImageProcessor) -> None:
     check_plan(plan, 2, 20_000, 3, grid=True)
     files = [f for message in plan for f in message][1:]
     assert all(f.width < 512 for f in files)
+
+
+def record_work(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
+    """(sizes of what gets encoded, (from, to) of every resize), from the pool too."""
+    encoded: list[Any] = []
+    resized: list[Any] = []
+    real_encode = images_module._encode
+    real_resize = Image.Image.resize
+
+    def spy_encode(im: Image.Image, fmt: str, params: dict[str, Any]) -> bytes:
+        encoded.append(im.size)
+        return real_encode(im, fmt, params)
+
+    def spy_resize(self: Image.Image, size: Any, *args: Any, **kwargs: Any) -> Image.Image:
+        resized.append((self.size, tuple(size)))
+        return real_resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(images_module, "_encode", spy_encode)
+    monkeypatch.setattr(Image.Image, "resize", spy_resize)
+    return encoded, resized
+
+
+async def test_far_over_budget_is_fitted_with_one_resize(
+    processor: ImageProcessor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    png = encode(noise((1024, 1024), seed=20), "PNG")
+    encoded, resized = record_work(monkeypatch)
+    plan = await processor.fit_for_upload([result(png)], max_bytes=300_000)
+    check_plan(plan, 1, 300_000, 10, grid=False)
+    upload = plan[0][0]
+    assert upload.mime == "image/jpeg" and 300 < upload.width < 1024
+    # A sample of rows told it was far over: no full-size trial encode, one resize.
+    assert (1024, 1024) not in encoded
+    assert resized == [((1024, 1024), (upload.width, upload.height))]
+
+
+async def test_image_that_fits_once_re_encoded_keeps_its_size(
+    processor: ImageProcessor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    im = noise((1024, 1024), seed=21)
+    budget = len(encode(im, "JPEG", quality=90))  # exactly what re-encoding needs
+    encoded, resized = record_work(monkeypatch)
+    plan = await processor.fit_for_upload([result(encode(im, "PNG"))], max_bytes=budget)
+    assert (plan[0][0].width, plan[0][0].height) == (1024, 1024)
+    assert (1024, 1024) in encoded and not resized
+
+
+def test_size_estimate_tracks_the_full_encode() -> None:
+    photo = Image.open(io.BytesIO(photo_png(3, side=1024))).convert("RGB")
+    half = Image.new("RGB", (1024, 1024), (90, 100, 110))
+    half.paste(noise((1024, 512), seed=22))
+    for im in (photo, half, noise((1200, 1100), seed=23)):
+        for fmt, params in (("JPEG", {"quality": 90}), ("WEBP", {"quality": 90, "method": 0})):
+            estimate = images_module._estimate_size(im, fmt, params)
+            assert estimate is not None
+            assert estimate == pytest.approx(len(encode(im, fmt, **params)), rel=0.15)
+    # Too small for a sample to save anything: the caller encodes it all instead.
+    assert images_module._estimate_size(noise((500, 500)), "JPEG", {"quality": 90}) is None
+
+
+async def test_grid_keeps_its_size_in_room_the_samples_leave(processor: ImageProcessor) -> None:
+    images = [result(photo_png(seed, side=600)) for seed in range(4)]
+    plan = await processor.fit_for_upload(images, max_bytes=1_000_000, max_messages=1)
+    assert len(plan) == 1
+    check_plan(plan, 4, 1_000_000, 10, grid=True)
+    grid = plan[0][0]
+    # More than the grid's own share (a tenth here), yet not downscaled.
+    assert grid.nbytes > 1_000_000 // 10
+    assert (grid.width, grid.height) == (2 * 600 + 8, 2 * 600 + 8)  # 8: the gap
+
+
+async def test_grid_of_downscaled_samples_shows_each_in_its_cell(
+    processor: ImageProcessor,
+) -> None:
+    colors = [(220, 40, 40), (40, 220, 40), (40, 40, 220), (220, 220, 40)]
+    images = [
+        result(
+            encode(Image.blend(Image.new("RGB", (1024, 1024), c), noise((1024, 1024)), 0.3), "PNG")
+        )
+        for c in colors
+    ]
+    plan = await processor.fit_for_upload(images, max_bytes=1_000_000, max_messages=1)
+    check_plan(plan, 4, 1_000_000, 10, grid=True)
+    samples = plan[0][1:]
+    assert all(f.width < 1024 for f in samples)  # downscaled: the cells come from those
+    grid = plan[0][0]
+    with Image.open(io.BytesIO(grid.data)) as im:
+        rgb = im.convert("RGB")
+    for index, color in enumerate(colors):
+        row, col = divmod(index, 2)
+        x = (2 * col + 1) * grid.width // 4
+        y = (2 * row + 1) * grid.height // 4
+        cell = rgb.crop((x - 20, y - 20, x + 20, y + 20)).resize((1, 1), Image.Resampling.BOX)
+        got = cell.getpixel((0, 0))
+        assert isinstance(got, tuple)
+        want = [0.7 * c + 0.3 * 127.5 for c in color]
+        assert all(abs(a - b) < 12 for a, b in zip(got, want, strict=True)), (index, got)
 
 
 async def test_single_image_has_no_grid(processor: ImageProcessor) -> None:
