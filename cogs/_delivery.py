@@ -21,7 +21,7 @@ from bot.images import ImageProcessor, UploadFile
 from bot.jobs import Job, JobResult
 from bot.jobstore import StoredImage
 from bot.models import Mode, Progress, ResultImage, Stage
-from cogs._upload_buffer import UploadBuffer
+from cogs._upload_buffer import UploadFile as DiscordUpload
 from cogs._views import result_view
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def result_embed(result: JobResult) -> discord.Embed:
 
 
 def to_files(uploads: Sequence[UploadFile]) -> list[discord.File]:
-    return [discord.File(UploadBuffer(upload.data), filename=upload.filename) for upload in uploads]
+    return [DiscordUpload(upload.data, upload.filename) for upload in uploads]
 
 
 async def plan_messages(

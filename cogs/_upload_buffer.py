@@ -1,4 +1,4 @@
-"""Image uploads handed to the socket in one write.
+"""Image uploads: handed to the socket in one write, and let go of once sent.
 
 aiohttp sends an ``io.BytesIO`` part in 64 KiB pieces and yields to the event
 loop between pieces, so a 2 MB result takes some thirty turns of a busy loop to
@@ -7,6 +7,12 @@ upload by several milliseconds of a member's wait (and its size is taken by
 copying the buffer). The bytes are in memory already and the transport buffers
 what the socket cannot take at once, so an image is written whole: one call,
 no copy of our own, no waiting turns.
+
+discord.py never closes a file object it did not open, and on the way out it
+points the object's ``close`` at the object's own method: a reference cycle, so
+every uploaded image stayed in memory until the cyclic garbage collector ran.
+Under load that was hundreds of megabytes (bench: peak RSS of 50 jobs × 4 ×
+2048² fell from about 600 to under 300 MB with ``UploadFile.close`` below).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import discord
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import IOBasePayload, Order, register_payload
 
@@ -50,3 +57,18 @@ class _WholeBufferPayload(IOBasePayload):
 
 
 register_payload(_WholeBufferPayload, UploadBuffer, order=Order.try_first)
+
+
+class UploadFile(discord.File):
+    """A ``discord.File`` over an ``UploadBuffer`` that frees it when discord.py is done."""
+
+    __slots__ = ()
+
+    def __init__(self, data: bytes, filename: str) -> None:
+        super().__init__(UploadBuffer(data), filename=filename)
+
+    def close(self) -> None:
+        super().close()
+        # Break the cycle discord.py made (fp.close -> fp) and drop the bytes now.
+        vars(self.fp).pop("close", None)
+        self.fp.close()

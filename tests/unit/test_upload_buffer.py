@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 from unittest import mock
 
 from aiohttp import FormData
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import get_payload
 
-from cogs._upload_buffer import UploadBuffer
+from cogs._upload_buffer import UploadBuffer, UploadFile
 
 
 async def test_an_upload_is_written_whole_in_one_call() -> None:
@@ -31,3 +33,15 @@ async def test_discord_py_multipart_form_carries_the_whole_image() -> None:
     form.add_field("files[0]", UploadBuffer(data), filename="image_1.png")
     body = await form().as_bytes()
     assert data in body
+
+
+def test_a_sent_upload_is_freed_without_waiting_for_the_collector() -> None:
+    gc.disable()
+    try:
+        upload = UploadFile(os.urandom(100_000), "image_1.png")
+        buffer = weakref.ref(upload.fp)
+        upload.close()  # what discord.py does once the request is over
+        del upload
+        assert buffer() is None
+    finally:
+        gc.enable()
