@@ -108,7 +108,6 @@ _FAR_OVER = 1.5
 _MAX_REDIRECTS = 5
 _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
-_CHUNK = 64 * 1024
 
 # (Pillow format, save() parameters), tried in order; the smallest that fits wins.
 _Profile = tuple[tuple[str, dict[str, Any]], ...]
@@ -1159,12 +1158,16 @@ async def download(
                         )
                     if response.content_length is not None and response.content_length > max_bytes:
                         raise _bad_link(provider, too_big)
-                    body = bytearray()
-                    async for chunk in response.content.iter_chunked(_CHUNK):
-                        body += chunk
-                        if len(body) > max_bytes:
+                    # Whatever the socket delivered, kept as it came and joined
+                    # once: one copy of the image, not one per 64 KiB slice.
+                    chunks: list[bytes] = []
+                    received = 0
+                    async for chunk in response.content.iter_any():
+                        received += len(chunk)
+                        if received > max_bytes:
                             raise _bad_link(provider, too_big)
-                    return bytes(body)
+                        chunks.append(chunk)
+                    return b"".join(chunks)
             raise _bad_link(provider, "The provider's result link redirects too many times.")
     except TimeoutError:
         raise ProviderUnavailable(

@@ -105,7 +105,7 @@ class _Response:
         self._body = body
         self.content = self
 
-    async def iter_chunked(self, size: int) -> AsyncIterator[bytes]:
+    async def iter_any(self) -> AsyncIterator[bytes]:
         yield self._body
 
     async def __aenter__(self) -> _Response:
