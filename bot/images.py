@@ -1220,6 +1220,13 @@ class ImageStore:
             raise DeliveryError("The result could not be saved on the bot's disk.") from exc
         return dataclasses.replace(image, path=str(path))
 
+    def path_for(self, job_id: str, index: int, image: ResultImage) -> Path | None:
+        """Where ``save`` keeps this original; None when nothing is kept."""
+        _check_key(job_id, index)
+        if self.retention_days == 0:
+            return None
+        return self.root / job_id / f"{index}.{_EXT.get(image.mime, 'bin')}"
+
     def _write(self, job_id: str, index: int, image: ResultImage) -> Path:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         job_dir = self.root / job_id

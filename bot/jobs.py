@@ -225,6 +225,8 @@ class Pipeline:
     # time may hold them, from download to upload, which bounds the bot's memory.
     _image_phase: asyncio.Semaphore = field(init=False)
     _in_image_phase: set[str] = field(default_factory=set)
+    # Originals being written to disk, by job (see _keep).
+    _saving: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._image_phase = asyncio.Semaphore(self.settings.image_jobs)
@@ -418,9 +420,13 @@ class Pipeline:
             return JobOutcome(job=job, error=internal)
         finally:
             self._resumable.discard(job.id)
-            if job.id in self._in_image_phase:
-                self._in_image_phase.discard(job.id)
-                self._image_phase.release()
+            try:
+                # Before the image phase ends: the writes hold the images' bytes.
+                await self._saved(job)
+            finally:
+                if job.id in self._in_image_phase:
+                    self._in_image_phase.discard(job.id)
+                    self._image_phase.release()
         # The person has the images: a failing settle must not be reported as a
         # failed job; the reservation stays for the next settle attempt or sweep.
         try:
@@ -580,13 +586,7 @@ class Pipeline:
                 log.warning("job %s: result %d unusable: %s", job.id, index, item.user_message)
                 first_error = first_error or item
                 continue
-            try:
-                images.append(await self.store.save(job.id, index, item))
-            except DeliveryError as error:
-                # Keeping the original is a convenience (U1-U4 later); a full or
-                # read-only disk must not cost the member the images in hand.
-                log.error("job %s: could not keep result %d: %s", job.id, index, error)
-                images.append(item)
+            images.append(self._keep(job, index, item))
         if images:
             return tuple(images)
         if isinstance(first_error, ProviderError):
@@ -596,6 +596,32 @@ class Pipeline:
             provider=output.provider,
             retryable=False,
         )
+
+    def _keep(self, job: Job, index: int, image: ResultImage) -> ResultImage:
+        """Start writing the original to disk and return it with its path: the
+        upload need not wait for the disk. ``_run_reserved`` waits for the write
+        before the job ends; a path whose write failed reads as "not kept", and
+        the buttons then use the posted copy."""
+        path = self.store.path_for(job.id, index, image)
+        if path is None:
+            return image
+        saving = asyncio.ensure_future(self._save(job, index, image))
+        self._saving.setdefault(job.id, []).append(saving)
+        return replace(image, path=str(path))
+
+    async def _save(self, job: Job, index: int, image: ResultImage) -> None:
+        try:
+            await self.store.save(job.id, index, image)
+        except DeliveryError as error:
+            # Keeping the original is a convenience (U1-U4 later); a full or
+            # read-only disk must not cost the member the images in hand.
+            log.error("job %s: could not keep result %d: %s", job.id, index, error)
+
+    async def _saved(self, job: Job) -> None:
+        writes = self._saving.pop(job.id, [])
+        if writes:
+            # Shielded: a cancelled job still finishes writing what it started.
+            await asyncio.shield(asyncio.gather(*writes))
 
     async def _fetch_one(self, provider: str, ref: OutputRef) -> ResultImage:
         if ref.data is not None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -331,3 +332,16 @@ async def test_a_replayed_key_never_runs_twice(make_runtime, emu):
     assert first.ok and again.duplicate
     assert len(emu.requests_to("text2img")) == 1
     assert await guild_used(runtime) == (1, 0)
+
+
+async def test_originals_are_on_disk_when_the_job_ends(make_runtime, emu):
+    """The upload does not wait for the disk, but the job does."""
+    runtime = await make_runtime()
+    delivery = RecordingDelivery()
+    outcome = await runtime.pipeline.run(text_request("kept", samples=2), delivery)
+    assert outcome.ok, delivery.failures
+    paths = [image.path for image in delivery.results[0].images]
+    assert all(path is not None for path in paths)
+    originals = [image.data for image in delivery.results[0].images]
+    kept = [await asyncio.to_thread(Path(path).read_bytes) for path in paths if path]
+    assert kept == originals

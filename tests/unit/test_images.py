@@ -910,6 +910,7 @@ async def test_store_save_load_and_modes(tmp_path: Path) -> None:
     assert saved.path is not None
     path = Path(saved.path)
     assert path == tmp_path / "images" / "job-1" / "0.png"
+    assert store.path_for("job-1", 0, saved) == path  # known before the write
     assert file_facts(path) == (png, 0o600, 0o700)
     loaded = await store.load("job-1", 0)
     assert loaded is not None
