@@ -436,8 +436,10 @@ def _shrink(
     opaque: _Profile,
     alpha: _Profile,
     resample: Image.Resampling,
+    downscale: bool = True,
 ) -> tuple[_Encoded, Image.Image]:
-    """``_shrink_to_fit``, and the pixels it encoded: ``im`` or a downscale of it."""
+    """``_shrink_to_fit``, and the pixels it encoded: ``im`` or a downscale of it.
+    Without ``downscale``, _CannotFit as soon as full size does not fit."""
     im = _drop_opaque_alpha(_to_rgb(im))
     profile = alpha if im.mode == "RGBA" else opaque
     current = im
@@ -459,7 +461,7 @@ def _shrink(
         if fmt != "PNG":
             # Later rounds only try the codec that did best: halves the encode time.
             profile = tuple(item for item in usable if item[0] == fmt)
-        if current.size == (1, 1):
+        if current.size == (1, 1) or not downscale:
             break
         # Bytes scale roughly with pixel count; aim a little under.
         scale = min(0.9, max(0.05, math.sqrt(max_bytes / size) * 0.95))
@@ -652,9 +654,15 @@ def _open_result(image: ResultImage) -> Image.Image:
 
 
 def _prepare_upload(
-    image: ResultImage, number: int, max_bytes: int, box: tuple[int, int] | None
-) -> tuple[UploadFile, Image.Image | None]:
-    """One decode per image serves both its grid cell and, if needed, its re-encode."""
+    image: ResultImage,
+    number: int,
+    max_bytes: int,
+    box: tuple[int, int] | None,
+    keep_size: bool = False,
+) -> tuple[UploadFile, Image.Image | None] | None:
+    """One decode per image serves both its grid cell and, if needed, its re-encode.
+    With ``keep_size``, None when only a downscale would fit ``max_bytes`` (not an
+    exception: its traceback would keep the decoded pixels alive until a collection)."""
     fits = len(image.data) <= max_bytes
     if fits and box is None:
         return _original_file(image, number), None
@@ -676,8 +684,11 @@ def _prepare_upload(
                 opaque=_UPLOAD_OPAQUE,
                 alpha=_UPLOAD_ALPHA,
                 resample=_UPLOAD_RESAMPLE,
+                downscale=not keep_size,
             )
         except _CannotFit:
+            if keep_size:
+                return None
             raise DeliveryError(
                 f"The images could not be made smaller than {_human_bytes(max_bytes)} "
                 "to upload them."
@@ -720,7 +731,9 @@ def _grid_layout(images: Sequence[ResultImage], max_side: int) -> _GridLayout:
 
 
 def _grid_thumbnail(image: ResultImage, box: tuple[int, int]) -> Image.Image:
-    return _prepare_upload(image, 1, len(image.data), box)[1] or Image.new("RGB", box)
+    prepared = _prepare_upload(image, 1, len(image.data), box)
+    assert prepared is not None  # the image fits its own size: nothing to give up
+    return prepared[1] or Image.new("RGB", box)
 
 
 def _compose_grid(
@@ -944,6 +957,51 @@ class ImageProcessor:
         impossible: the file count limit wins).
         Raises DeliveryError only if a budget is too small for even a tiny image.
         """
+        plan = await self._plan(
+            images,
+            max_bytes=max_bytes,
+            max_files=max_files,
+            grid=grid,
+            grid_max_side=grid_max_side,
+            max_messages=max_messages,
+            keep_size=False,
+        )
+        assert plan is not None  # only keep_size gives up
+        return plan
+
+    async def fit_in_one_message(
+        self,
+        images: Sequence[ResultImage],
+        *,
+        max_bytes: int,
+        max_files: int = 10,
+        grid: bool = True,
+    ) -> list[list[UploadFile]] | None:
+        """``fit_for_upload(max_messages=1)`` if every image keeps its full size in
+        it (re-encoding allowed), else None, learnt without downscaling anything:
+        the caller then plans several messages at full size instead, and the work
+        of shrinking images for a plan nobody uses is never done."""
+        return await self._plan(
+            images,
+            max_bytes=max_bytes,
+            max_files=max_files,
+            grid=grid,
+            grid_max_side=GRID_MAX_SIDE,
+            max_messages=1,
+            keep_size=True,
+        )
+
+    async def _plan(
+        self,
+        images: Sequence[ResultImage],
+        *,
+        max_bytes: int,
+        max_files: int,
+        grid: bool,
+        grid_max_side: int,
+        max_messages: int | None,
+        keep_size: bool,
+    ) -> list[list[UploadFile]] | None:
         if max_bytes < 1 or max_files < 1:
             raise ValueError("max_bytes and max_files must be at least 1")
         if not images:
@@ -967,12 +1025,15 @@ class ImageProcessor:
                 grid_budget = max_bytes // (2 * per_message) if want_grid else 0
                 file_budget = (max_bytes - grid_budget) // per_message
                 with_grid = per_message - 1
-        prepared = await asyncio.gather(
+        outcomes = await asyncio.gather(
             *(
-                self._run(_prepare_upload, image, number, file_budget, box)
+                self._run(_prepare_upload, image, number, file_budget, box, keep_size)
                 for number, image in enumerate(images, start=1)
             )
         )
+        prepared = [outcome for outcome in outcomes if outcome is not None]
+        if len(prepared) < len(outcomes):
+            return None  # keep_size, and an image would have to shrink
         files = [upload for upload, _thumb in prepared]
         if layout is not None:
             if with_grid:

@@ -97,13 +97,8 @@ async def plan_messages(
     more messages rather than smaller pictures when it is not. U1-U4 still post
     each untouched original on its own."""
     grid = len(results) > 1
-    single = await images.fit_for_upload(
-        results, max_bytes=limit, max_files=10, grid=grid, max_messages=1
-    )
-    samples = single[0][1:] if grid else single[0]
-    if all(
-        (u.width, u.height) == (r.width, r.height) for u, r in zip(samples, results, strict=True)
-    ):
+    single = await images.fit_in_one_message(results, max_bytes=limit, max_files=10, grid=grid)
+    if single is not None:
         return single
     return await images.fit_for_upload(results, max_bytes=limit, max_files=10, grid=grid)
 

@@ -960,3 +960,31 @@ async def test_store_sweep_deletes_old_jobs_only(tmp_path: Path) -> None:
 async def test_reference_image_repr_stays_small(processor: ImageProcessor) -> None:
     ref: ReferenceImage = await processor.load_reference(solid((3, 3, 3)))
     assert len(repr(ref)) < 200
+
+
+async def test_one_message_plan_is_given_up_without_shrinking_anything(
+    processor: ImageProcessor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four results too big to share one message at full size: the answer is None,
+    learnt without a single resize (the caller then posts them at full size)."""
+    pngs = [encode(noise((1024, 1024), seed=30 + n), "PNG") for n in range(4)]
+    encoded, resized = record_work(monkeypatch)
+    budget = 4 * 400_000  # each gets under 400 kB of it: far below its JPEG size
+    images = [result(p) for p in pngs]
+    assert await processor.fit_in_one_message(images, max_bytes=budget, grid=False) is None
+    # No downscale, and (the estimate being far over) not even a full-size encode.
+    assert resized == []
+    assert (1024, 1024) not in encoded
+
+
+async def test_one_message_plan_when_every_sample_keeps_its_size(
+    processor: ImageProcessor,
+) -> None:
+    pngs = [encode(noise((300, 200), seed=40 + n), "PNG") for n in range(3)]
+    images = [result(p) for p in pngs]
+    plan = await processor.fit_in_one_message(images, max_bytes=10 * 1024 * 1024)
+    assert plan is not None and len(plan) == 1
+    assert [(f.width, f.height) for f in plan[0][1:]] == [(300, 200)] * 3
+    assert plan == await processor.fit_for_upload(
+        images, max_bytes=10 * 1024 * 1024, max_messages=1
+    )
