@@ -1286,15 +1286,18 @@ class ImageStore:
         _check_key(job_id, index)
         if self.retention_days == 0:
             return None
-        return self.root / job_id / f"{index}.{_EXT.get(image.mime, 'bin')}"
+        return self._path(job_id, index, image.mime)
+
+    def _path(self, job_id: str, index: int, mime: str) -> Path:
+        return self.root / job_id / f"{index}.{_EXT.get(mime, 'bin')}"
 
     def _write(self, job_id: str, index: int, image: ResultImage) -> Path:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        job_dir = self.root / job_id
+        final = self._path(job_id, index, image.mime)
+        job_dir = final.parent
         job_dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(job_dir, 0o700)  # mkdir's mode is filtered by the umask
-        ext = _EXT.get(image.mime, "bin")
-        final = job_dir / f"{index}.{ext}"
+        ext = final.suffix[1:]
         # Write then rename: a crash never leaves a half file under the final name.
         tmp = job_dir / f".{index}.{uuid.uuid4().hex}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)

@@ -94,7 +94,16 @@ def split_statements(sql: str) -> list[str]:
     return statements
 
 
-async def prepare_connection(conn: aiosqlite.Connection, *, busy_timeout_ms: int = 30_000) -> None:
+BUSY_TIMEOUT_MS = 30_000
+
+# Per connection, after WAL. NORMAL in WAL mode survives a crash of the process
+# (not a power cut) and spares an fsync per transaction.
+CONNECTION_PRAGMAS = ("PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON")
+
+
+async def prepare_connection(
+    conn: aiosqlite.Connection, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+) -> None:
     """Settings every connection to the shared file needs, WAL first of all.
 
     Use it for any connection to the bot's database: several processes (the
@@ -104,10 +113,8 @@ async def prepare_connection(conn: aiosqlite.Connection, *, busy_timeout_ms: int
     # holding at this moment.
     await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     await enable_wal(conn, patience=busy_timeout_ms / 1000)
-    # NORMAL in WAL mode survives a crash of the process (not a power cut) and
-    # spares an fsync per transaction.
-    await conn.execute("PRAGMA synchronous = NORMAL")
-    await conn.execute("PRAGMA foreign_keys = ON")
+    for pragma in CONNECTION_PRAGMAS:
+        await conn.execute(pragma)
 
 
 async def enable_wal(conn: aiosqlite.Connection, *, patience: float = 30.0) -> None:

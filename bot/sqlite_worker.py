@@ -29,7 +29,7 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import Any, TypeVar, cast
 
-BUSY_TIMEOUT_MS = 30_000
+from bot.migrate import BUSY_TIMEOUT_MS, CONNECTION_PRAGMAS
 
 # How many queued bodies one commit may carry: enough that a burst of
 # reservations shares few commits, few enough that one batch cannot hold the
@@ -146,7 +146,7 @@ class SqliteWorker:
 
 def _connect(path: Path) -> sqlite3.Connection:
     # The file is in WAL mode already (``prepare_connection`` ran on it, and the
-    # mode is stored in the file); the other settings are per connection.
+    # mode is stored in the file); the other settings are per connection, as there.
     # isolation_level=None: every transaction here is an explicit BEGIN.
     conn = sqlite3.connect(
         path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
@@ -154,8 +154,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
+        for pragma in CONNECTION_PRAGMAS:
+            conn.execute(pragma)
     except BaseException:
         conn.close()
         raise

@@ -21,7 +21,7 @@ from bot.images import ImageProcessor, UploadFile
 from bot.jobs import Job, JobResult
 from bot.jobstore import StoredImage
 from bot.models import Mode, Progress, ResultImage, Stage
-from cogs._upload_buffer import UploadFile as DiscordUpload
+from cogs._upload_buffer import DiscordUpload
 from cogs._views import result_view
 
 if TYPE_CHECKING:

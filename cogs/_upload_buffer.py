@@ -12,7 +12,7 @@ discord.py never closes a file object it did not open, and on the way out it
 points the object's ``close`` at the object's own method: a reference cycle, so
 every uploaded image stayed in memory until the cyclic garbage collector ran.
 Under load that was hundreds of megabytes (bench: peak RSS of 50 jobs × 4 ×
-2048² fell from about 600 to under 300 MB with ``UploadFile.close`` below).
+2048² fell from about 600 to under 300 MB with ``DiscordUpload.close`` below).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class _WholeBufferPayload(IOBasePayload):
 register_payload(_WholeBufferPayload, UploadBuffer, order=Order.try_first)
 
 
-class UploadFile(discord.File):
+class DiscordUpload(discord.File):
     """A ``discord.File`` over an ``UploadBuffer`` that frees it when discord.py is done."""
 
     __slots__ = ()

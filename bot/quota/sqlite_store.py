@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 
 from bot import sqlite_worker
-from bot.migrate import MIGRATIONS_DIR, apply_migrations, prepare_connection
+from bot.migrate import BUSY_TIMEOUT_MS, MIGRATIONS_DIR, apply_migrations, prepare_connection
 from bot.quota.models import (
     Ban,
     Entry,
@@ -38,7 +38,7 @@ from bot.quota.models import (
 )
 from bot.quota.periods import parse_period
 from bot.quota.rows import RowMapper
-from bot.sqlite_worker import BUSY_TIMEOUT_MS, SqliteWorker
+from bot.sqlite_worker import SqliteWorker
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from aiohttp import FormData
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import get_payload
 
-from cogs._upload_buffer import UploadBuffer, UploadFile
+from cogs._upload_buffer import DiscordUpload, UploadBuffer
 
 
 async def test_an_upload_is_written_whole_in_one_call() -> None:
@@ -38,7 +38,7 @@ async def test_discord_py_multipart_form_carries_the_whole_image() -> None:
 def test_a_sent_upload_is_freed_without_waiting_for_the_collector() -> None:
     gc.disable()
     try:
-        upload = UploadFile(os.urandom(100_000), "image_1.png")
+        upload = DiscordUpload(os.urandom(100_000), "image_1.png")
         buffer = weakref.ref(upload.fp)
         upload.close()  # what discord.py does once the request is over
         del upload
