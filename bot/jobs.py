@@ -143,17 +143,22 @@ class ProviderSlots:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        if on_position is not None:
-            self._watchers[waiter] = on_position
-            await on_position(len(self._waiters))
         try:
+            # Inside the try: a job cancelled while its first position is being
+            # shown (a Discord edit) must leave the queue too, or the slot it
+            # would later be handed is lost for good.
+            if on_position is not None:
+                self._watchers[waiter] = on_position
+                await on_position(len(self._waiters))
             await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 # We were handed a slot just as we were cancelled: pass it on.
                 self._release()
             else:
-                self._waiters.remove(waiter)
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
                 self._notify_positions()
             raise
         finally:

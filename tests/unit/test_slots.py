@@ -65,3 +65,40 @@ async def test_cancelled_waiter_leaves_the_queue_and_frees_nothing_twice():
     later.set()
     await asyncio.gather(third, fourth)
     assert peak == 1
+
+
+async def test_a_waiter_cancelled_inside_its_position_callback_frees_its_place():
+    """The position callback is a Discord edit; SIGTERM or a cancel button can
+    cancel the job while it runs. Every slot must still come back."""
+    slots = ProviderSlots(1)
+    hold = asyncio.Event()
+    in_callback = asyncio.Event()
+    never = asyncio.Event()
+
+    async def holder() -> None:
+        async with slots.slot():
+            await hold.wait()
+
+    async def on_position(position: int) -> None:
+        in_callback.set()
+        await never.wait()  # the edit hangs until the job is cancelled
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    waiting = asyncio.create_task(slots._acquire(on_position))
+    await in_callback.wait()
+    assert slots.waiting == 1
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert waiting.cancelled()
+    assert slots.waiting == 0
+    hold.set()
+    await first
+
+    # Both slots' worth of later jobs run: nothing was handed to the dead waiter.
+    async def quick() -> None:
+        async with slots.slot():
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(asyncio.gather(quick(), quick(), quick()), timeout=5)
+    assert slots._free == 1
