@@ -25,7 +25,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import GifImagePlugin, Image
 
-from bot import images as images_module
 from bot.errors import (
     ImageError,
     ProviderBadResponse,
@@ -42,6 +41,7 @@ from bot.images import (
     download,
     sniff_mime,
 )
+from bot.images import codec as images_module
 from bot.models import ReferenceImage, ResultImage
 
 MIB = 1024 * 1024

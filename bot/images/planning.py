@@ -1,0 +1,231 @@
+"""Discord upload planning: re-encoding results to fit, the preview grid, packing."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from bot.errors import DeliveryError
+from bot.images.codec import (
+    _GRID,
+    _GRID_TINY,
+    _UPLOAD_ALPHA,
+    _UPLOAD_OPAQUE,
+    _UPLOAD_RESAMPLE,
+    _CannotFit,
+    _encode,
+    _Encoded,
+    _fit_size,
+    _oriented,
+    _shrink,
+    _shrink_to_fit,
+    _thumbnail,
+    _to_rgb,
+)
+from bot.images.formats import (
+    _EXT,
+    _MIME_OF_FORMAT,
+    _PIL_FORMAT,
+    SUPPORTED,
+    _human_bytes,
+    sniff_mime,
+)
+from bot.models import ResultImage
+
+GRID_MAX_SIDE = 1536
+_GRID_BACKGROUND = (32, 34, 37)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadFile:
+    """One attachment of a planned Discord message."""
+
+    filename: str
+    data: bytes
+    mime: str
+    width: int
+    height: int
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:  # keep megabytes of image data out of logs
+        return (
+            f"UploadFile(filename={self.filename!r}, mime={self.mime!r}, "
+            f"size={self.width}x{self.height}, bytes={len(self.data)})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _GridLayout:
+    cols: int
+    rows: int
+    cell_w: int
+    cell_h: int
+    gap: int
+
+
+def _original_file(image: ResultImage, number: int) -> UploadFile:
+    return UploadFile(
+        filename=f"image_{number}.{_EXT.get(image.mime, 'png')}",
+        data=image.data,
+        mime=image.mime,
+        width=image.width,
+        height=image.height,
+    )
+
+
+def _open_result(image: ResultImage) -> Image.Image:
+    mime = image.mime if image.mime in SUPPORTED else sniff_mime(image.data)
+    if mime is None or mime not in SUPPORTED:
+        raise DeliveryError("A result image could not be read for upload.")
+    try:
+        return Image.open(io.BytesIO(image.data), formats=[_PIL_FORMAT[mime]])
+    except Exception as exc:  # results were validated; this is a bug or bit rot
+        raise DeliveryError("A result image could not be read for upload.") from exc
+
+
+def _prepare_upload(
+    image: ResultImage,
+    number: int,
+    max_bytes: int,
+    box: tuple[int, int] | None,
+    keep_size: bool = False,
+) -> tuple[UploadFile, Image.Image | None] | None:
+    """One decode per image serves both its grid cell and, if needed, its re-encode.
+    With ``keep_size``, None when only a downscale would fit ``max_bytes`` (not an
+    exception: its traceback would keep the decoded pixels alive until a collection)."""
+    fits = len(image.data) <= max_bytes
+    if fits and box is None:
+        return _original_file(image, number), None
+    with _open_result(image) as im:
+        if fits and box is not None and im.format == "JPEG":
+            # Only a thumbnail is needed: let libjpeg decode at 1/2..1/8 scale.
+            im.draft("RGB", (max(box), max(box)))
+        try:
+            im.load()
+        except Exception as exc:  # see _open_result
+            raise DeliveryError("A result image could not be read for upload.") from exc
+        rgb = _to_rgb(_oriented(im))
+        if fits:
+            return _original_file(image, number), _thumbnail(rgb, box) if box is not None else None
+        try:
+            enc, fitted = _shrink(
+                rgb,
+                max_bytes,
+                opaque=_UPLOAD_OPAQUE,
+                alpha=_UPLOAD_ALPHA,
+                resample=_UPLOAD_RESAMPLE,
+                downscale=not keep_size,
+            )
+        except _CannotFit:
+            if keep_size:
+                return None
+            raise DeliveryError(
+                f"The images could not be made smaller than {_human_bytes(max_bytes)} "
+                "to upload them."
+            ) from None
+        thumb = None
+        if box is not None:
+            cell = _fit_size(rgb.size, box)
+            # A downscale still at least cell-sized is a cheaper source than the original.
+            prescaled = (
+                fitted.size != rgb.size and fitted.width >= cell[0] and fitted.height >= cell[1]
+            )
+            thumb = _thumbnail(fitted if prescaled else rgb, box, prescaled=prescaled)
+    upload = UploadFile(
+        filename=f"image_{number}.{_EXT[enc.mime]}",
+        data=enc.data,
+        mime=enc.mime,
+        width=enc.width,
+        height=enc.height,
+    )
+    return upload, thumb
+
+
+def _grid_layout(images: Sequence[ResultImage], max_side: int) -> _GridLayout:
+    count = len(images)
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    gap = max(0, min(8, max_side // 128))
+    src_w = max(max(1, image.width) for image in images)
+    src_h = max(max(1, image.height) for image in images)
+    room_w = max(cols, max_side - gap * (cols - 1))
+    room_h = max(rows, max_side - gap * (rows - 1))
+    scale = min(1.0, room_w / (cols * src_w), room_h / (rows * src_h))
+    return _GridLayout(
+        cols=cols,
+        rows=rows,
+        cell_w=max(1, int(src_w * scale)),
+        cell_h=max(1, int(src_h * scale)),
+        gap=gap,
+    )
+
+
+def _grid_thumbnail(image: ResultImage, box: tuple[int, int]) -> Image.Image:
+    prepared = _prepare_upload(image, 1, len(image.data), box)
+    assert prepared is not None  # the image fits its own size: nothing to give up
+    return prepared[1] or Image.new("RGB", box)
+
+
+def _compose_grid(
+    thumbs: Sequence[Image.Image], layout: _GridLayout, max_bytes: int | None
+) -> UploadFile:
+    width = layout.cols * layout.cell_w + (layout.cols - 1) * layout.gap
+    height = layout.rows * layout.cell_h + (layout.rows - 1) * layout.gap
+    canvas = Image.new("RGB", (width, height), _GRID_BACKGROUND)
+    for index, thumb in enumerate(thumbs):
+        row, col = divmod(index, layout.cols)
+        x = col * (layout.cell_w + layout.gap) + (layout.cell_w - thumb.width) // 2
+        y = row * (layout.cell_h + layout.gap) + (layout.cell_h - thumb.height) // 2
+        canvas.paste(thumb, (x, y), thumb if thumb.mode == "RGBA" else None)
+    if max_bytes is None:
+        fmt, params = _GRID[0]
+        enc = _Encoded(_encode(canvas, fmt, params), _MIME_OF_FORMAT[fmt], width, height)
+    else:
+        try:
+            try:
+                enc = _shrink_to_fit(
+                    canvas, max_bytes, opaque=_GRID, alpha=_GRID, resample=_UPLOAD_RESAMPLE
+                )
+            except _CannotFit:
+                # JPEG headers alone are a few hundred bytes; WebP goes smaller.
+                enc = _shrink_to_fit(
+                    canvas,
+                    max_bytes,
+                    opaque=_GRID_TINY,
+                    alpha=_GRID_TINY,
+                    resample=_UPLOAD_RESAMPLE,
+                )
+        except _CannotFit:
+            raise DeliveryError(
+                f"The preview grid could not be made smaller than {_human_bytes(max_bytes)}."
+            ) from None
+    return UploadFile(
+        filename=f"grid.{_EXT[enc.mime]}",
+        data=enc.data,
+        mime=enc.mime,
+        width=enc.width,
+        height=enc.height,
+    )
+
+
+def _pack(files: Sequence[UploadFile], max_bytes: int, max_files: int) -> list[list[UploadFile]]:
+    """Greedy in order: sample numbers read in sequence across messages."""
+    messages: list[list[UploadFile]] = []
+    current: list[UploadFile] = []
+    total = 0
+    for upload in files:
+        if current and (len(current) >= max_files or total + upload.nbytes > max_bytes):
+            messages.append(current)
+            current, total = [], 0
+        current.append(upload)
+        total += upload.nbytes
+    if current:
+        messages.append(current)
+    return messages

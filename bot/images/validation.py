@@ -1,0 +1,165 @@
+"""Checks of untrusted images: members' references and providers' results."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import re
+
+from PIL import Image
+
+from bot.errors import ImageError
+from bot.images.codec import (
+    _REF_ALPHA,
+    _REF_OPAQUE,
+    _CannotFit,
+    _drop_opaque_alpha,
+    _encode,
+    _Encoded,
+    _is_animated,
+    _load_checked,
+    _open_checked,
+    _orientation,
+    _oriented,
+    _shrink_to_fit,
+    _to_rgb,
+    _verify_checked,
+)
+from bot.images.formats import (
+    _EXT,
+    _PIL_FORMAT,
+    CORRUPT,
+    RESULT_UNREADABLE,
+    SUPPORTED,
+    _human_bytes,
+    _with_ext,
+    sniff_mime,
+)
+from bot.models import ReferenceImage, ResultImage
+
+log = logging.getLogger(__name__)
+
+
+def _load_reference(
+    data: bytes, mime: str, filename: str, url: str | None, max_pixels: int
+) -> ReferenceImage:
+    im = _open_checked(data, mime, max_pixels, corrupt=CORRUPT)
+    with im:
+        _load_checked(im, corrupt=CORRUPT)
+        # MPO (multi-picture JPEG) also counts as animated; its first picture is a
+        # plain JPEG every reader understands, so only PNG/WebP animations are
+        # flattened. GIFs always are; asking them would parse the next frame.
+        if mime == "image/gif" or (mime != "image/jpeg" and _is_animated(im)):
+            # Providers take stills: keep the first frame, losslessly.
+            frame = _to_rgb(_oriented(im))
+            png = _encode(frame, "PNG", {})
+            return ReferenceImage(
+                data=png,
+                mime="image/png",
+                width=frame.width,
+                height=frame.height,
+                url=url,
+                filename=_with_ext(filename, "png"),
+            )
+        width, height = im.size
+        if _orientation(im) in (5, 6, 7, 8):
+            # Report the size as displayed: aspect-ratio choices follow what people see.
+            width, height = height, width
+        return ReferenceImage(
+            data=data,
+            mime=mime,
+            width=width,
+            height=height,
+            url=url,
+            filename=_with_ext(filename, _EXT[mime]),
+        )
+
+
+def _decoded_rgb(data: bytes, mime: str, max_pixels: int, *, corrupt: str) -> Image.Image:
+    im = _open_checked(data, mime, max_pixels, corrupt=corrupt)
+    # Not closed on purpose: close() would discard the pixels _to_rgb may hand back
+    # as-is, and a BytesIO holds no OS resource, so keeping it open saves a copy.
+    _load_checked(im, corrupt=corrupt)
+    return _to_rgb(_oriented(im))
+
+
+def _fit_reference(data: bytes, mime: str, max_bytes: int, max_pixels: int) -> _Encoded:
+    im = _decoded_rgb(data, mime, max_pixels, corrupt=CORRUPT)
+    try:
+        try:
+            return _shrink_to_fit(im, max_bytes, opaque=_REF_OPAQUE, alpha=_REF_ALPHA)
+        except _CannotFit:
+            # Tiny budgets: JPEG's headers alone are a few hundred bytes, WebP's far less.
+            return _shrink_to_fit(im, max_bytes, opaque=_REF_ALPHA, alpha=_REF_ALPHA)
+    except _CannotFit:
+        raise ImageError(
+            f"The image could not be made smaller than {_human_bytes(max_bytes)}."
+        ) from None
+
+
+# Modes every provider's decoder handles; CMYK, 16-bit, float, YCbCr and LAB are
+# converted before an upload rather than left to a decoder we cannot see.
+_PLAIN_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "1"})
+
+
+def _is_plain(data: bytes, mime: str) -> bool:
+    """8 bits per channel in a common mode (header only, no decoding)."""
+    if mime == "image/png" and data[12:16] == b"IHDR" and len(data) > 24 and data[24] == 16:
+        # Pillow reports 48- and 64-bit PNGs as RGB(A): only the header tells.
+        return False
+    try:
+        with Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[mime]]) as im:
+            return im.mode in _PLAIN_MODES
+    except Exception:  # noqa: BLE001 - _fit_reference then reports the damage properly
+        return False
+
+
+def _to_png(data: bytes, mime: str, max_pixels: int) -> _Encoded:
+    im = _drop_opaque_alpha(_decoded_rgb(data, mime, max_pixels, corrupt=CORRUPT))
+    return _Encoded(_encode(im, "PNG", {}), "image/png", im.width, im.height)
+
+
+def _maybe_base64(data: bytes) -> bytes | None:
+    """Decode a base64 text body (optionally a data: URL or a JSON string), else None."""
+    text = data.strip()
+    if len(text) >= 2 and text[:1] == text[-1:] == b'"':
+        text = text[1:-1].replace(b"\\/", b"/")
+    if text[:5].lower() == b"data:":
+        comma = text.find(b",")
+        if comma < 0 or b";base64" not in text[:comma].lower():
+            return None
+        text = text[comma + 1 :]
+    text = re.sub(rb"\s+", b"", text)
+    if not text or not re.fullmatch(rb"[A-Za-z0-9+/_-]+=*", text):
+        return None
+    text = text.translate(bytes.maketrans(b"-_", b"+/"))
+    text = text.rstrip(b"=")
+    text += b"=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _decode_result(data: bytes, source_url: str | None, max_pixels: int) -> ResultImage:
+    mime = sniff_mime(data)
+    if mime not in SUPPORTED:
+        decoded = _maybe_base64(data)
+        if decoded is not None:
+            data = decoded
+            mime = sniff_mime(data)
+    if mime is None or mime not in SUPPORTED:
+        log.debug("result body is %s, not a supported image", mime or "unrecognised")
+        raise ImageError(RESULT_UNREADABLE)
+    im = _open_checked(data, mime, max_pixels, corrupt=RESULT_UNREADABLE)
+    with im:
+        width, height = im.size
+        if mime == "image/png":
+            # Every chunk's CRC, IEND included, catches truncation and corruption
+            # without inflating megapixels that fitting may never need.
+            _verify_checked(im, corrupt=RESULT_UNREADABLE)
+        else:
+            _load_checked(im, corrupt=RESULT_UNREADABLE)
+    return ResultImage(data=data, mime=mime, width=width, height=height, source_url=source_url)
