@@ -13,7 +13,7 @@ import contextlib
 import csv
 import io
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import discord
@@ -21,7 +21,7 @@ from discord import app_commands
 from discord.app_commands import Range
 from discord.ext import commands
 
-from bot.charts import bar_chart_png
+from bot.charts import daily_png, ranking_png
 from bot.errors import UserError
 from bot.quota.models import Balance, ThresholdEvent
 from bot.quota.service import discord_time
@@ -307,23 +307,42 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         since = datetime.now(UTC) - timedelta(days=days) if days else None
         until = datetime.now(UTC) if days else None
         rows = await self.ledger.usage(guild, since, until, by="user" if by == "member" else by)
-        rows = sorted(rows, key=lambda r: r.credits, reverse=True)
+        if days:
+            span = f"last {days} day{'s' if days > 1 else ''}"
+        else:
+            span = f"this {(await self.ledger.guild_config(guild)).period}"
+        title = f"Credits by {by}, {span}"
         label = USAGE_LABELS[by]
-        top = rows[:10]
+        if by == "day":
+            # Calendar order; the listing keeps the most recent days.
+            rows = sorted(rows, key=lambda r: r.key)
+            listed = rows[-14:]
+            names = {row.key: row.key for row in rows}
+            chart = await asyncio.to_thread(
+                daily_png, title, [(date.fromisoformat(r.key), r.credits) for r in rows]
+            )
+        else:
+            rows = sorted(rows, key=lambda r: r.credits, reverse=True)
+            listed = rows[:10]
+            names = await _display_names(interaction.guild, by, [r.key for r in listed])
+            chart = await asyncio.to_thread(
+                ranking_png, title, [(names[r.key], r.credits) for r in listed]
+            )
         embed = discord.Embed(
-            title=f"Usage by {by}",
+            title=title,
             description="\n".join(
-                f"{label(r.key)}: {r.credits} credits, {r.jobs} jobs" for r in top
+                f"{label(r.key)}: {r.credits} credits, {r.jobs} jobs" for r in listed
             )
             or "No usage in this period.",
         )
-        chart = await asyncio.to_thread(
-            bar_chart_png, f"Credits by {by}", [(r.key, r.credits) for r in top]
+        # The alt text says what the chart shows, for screen readers.
+        alt = f"{title}: " + (
+            ", ".join(f"{names[r.key]} {r.credits}" for r in listed) or "no usage"
         )
         await interaction.followup.send(
             embed=embed,
             files=[
-                discord.File(io.BytesIO(chart), filename="usage.png"),
+                discord.File(io.BytesIO(chart), filename="usage.png", description=alt[:1024]),
                 discord.File(io.BytesIO(_usage_csv(rows).encode()), filename="usage.csv"),
             ],
             ephemeral=True,
@@ -407,6 +426,29 @@ def _roles(user: discord.abc.User) -> tuple[str, ...]:
     if isinstance(user, discord.Member):
         return tuple(str(role.id) for role in user.roles if not role.is_default())
     return ()
+
+
+async def _display_names(guild: discord.Guild | None, by: str, keys: list[str]) -> dict[str, str]:
+    """What a chart calls each member or channel: their name in the guild, or
+    the id of one that left or was deleted."""
+
+    async def name(key: str) -> str:
+        if guild is None or not key.isdigit():
+            return key
+        if by == "channel":
+            channel = guild.get_channel_or_thread(int(key))
+            return f"#{channel.name}" if channel is not None else key
+        # Without the members intent only members seen lately are cached.
+        member = guild.get_member(int(key))
+        if member is None:
+            try:
+                member = await guild.fetch_member(int(key))
+            except discord.HTTPException:
+                return key
+        return member.display_name
+
+    found = await asyncio.gather(*(name(key) for key in keys))
+    return dict(zip(keys, found, strict=True))
 
 
 def _job_id_of(message: discord.Message) -> str | None:

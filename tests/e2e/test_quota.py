@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from PIL import Image
 
-from tests.e2e.conftest import World, make_settings, populate, running_bot
+from tests.e2e.conftest import MEMBER_PERMISSIONS, World, make_settings, populate, running_bot
 from tests.e2e.test_generation import final, imagine, job_id_of, opt
 from tests.emulators.providers import Processing
 
@@ -139,13 +142,35 @@ async def test_channel_restriction(world: World):
 
 
 async def test_usage_report_has_chart_and_csv(world: World):
+    emile = world.discord.add_member(
+        world.guild_id, name="emile", nick="Émile Zola", permissions=MEMBER_PERMISSIONS
+    )
     assert (await final(await imagine(world, "for the report", samples=2))).embeds
+    by_emile = await world.discord.slash(
+        "imagine",
+        guild_id=world.guild_id,
+        channel_id=world.channel_id,
+        user_id=emile.user.id,
+        options=[opt("prompt", "Émile's picture")],
+    )
+    assert (await final(by_emile)).embeds
     interaction = await quota(world, "usage", world.moderator_id)
     await interaction.wait_for(lambda r: bool(r.original and r.original.attachments), timeout=15)
     names = sorted(a.filename for a in interaction.original.attachments)
     assert names == ["usage.csv", "usage.png"]
     csv_text = next(a for a in interaction.original.attachments if a.filename == "usage.csv")
     assert str(world.member_id) in csv_text.data.decode()
+    chart = next(a for a in interaction.original.attachments if a.filename == "usage.png")
+    # The chart names members as the guild shows them (a nickname, accents
+    # included), largest first, never by their raw ids.
+    assert chart.description == "Credits by member, this day: ada 2, Émile Zola 1"
+    assert Image.open(io.BytesIO(chart.data)).width == 1100
+
+    by_day = await quota(world, "usage", world.moderator_id, opt("by", "day"), opt("days", 7, 4))
+    await by_day.wait_for(lambda r: bool(r.original and r.original.attachments), timeout=15)
+    chart = next(a for a in by_day.original.attachments if a.filename == "usage.png")
+    today = datetime.now(UTC).date().isoformat()
+    assert chart.description == f"Credits by day, last 7 days: {today} 3"
 
 
 async def test_generation_info_for_moderators_only(world: World):
