@@ -7,6 +7,7 @@ in the job store, so any process that sees the click can act on it.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -85,18 +86,30 @@ def result_view(job_id: str, count: int, *, can_vary: bool) -> discord.ui.View:
 
 
 class PromptModal(discord.ui.Modal):
-    """Asks for a prompt (and optionally which image); the submit callback does the work."""
+    """Asks for a prompt (and optionally which image); the submit callback does the work.
+
+    discord.py finds an open modal by its custom id alone, so every modal gets
+    its own: with a shared one, a second member's modal replaced the first's,
+    the first member's prompt then ran on the second member's image, and the
+    first modal's timeout closed the second's.
+    """
+
+    TIMEOUT = 600.0  # seconds a member may take to type; Discord sends nothing on close
 
     def __init__(
         self,
         *,
         title: str,
         on_submit: Callable[[discord.Interaction[Any], str, int], Awaitable[None]],
+        owner_id: int,
+        target: str,
         ask_image: int = 0,
         default_prompt: str | None = None,
-        custom_id: str = "ib:prompt",
     ) -> None:
-        super().__init__(title=title, timeout=600, custom_id=custom_id)
+        # The nonce keeps two modals of one member on one target apart too.
+        custom_id = f"ib:prompt:{owner_id}:{target}:{secrets.token_hex(4)}"
+        super().__init__(title=title, timeout=self.TIMEOUT, custom_id=custom_id)
+        self.owner_id = owner_id
         self._on_submit = on_submit
         self.prompt: discord.ui.TextInput[Any] = discord.ui.TextInput(
             label="Prompt",
@@ -115,6 +128,16 @@ class PromptModal(discord.ui.Modal):
                 custom_id="image",
             )
             self.add_item(self.image)
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        # Discord routes a submission only to the member who opened the modal;
+        # this holds even if a custom id were ever guessed or replayed.
+        if interaction.user.id == self.owner_id:
+            return True
+        await interaction.response.send_message(
+            "This form was opened by someone else.", ephemeral=True
+        )
+        return False
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         n = 1

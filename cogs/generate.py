@@ -195,7 +195,14 @@ class Generation(commands.Cog, name=GENERATION_COG):
             request = GenerationRequest(mode=Mode.EDIT, prompt=prompt)
             await self.service.start(modal_interaction, request, images[:1])
 
-        await interaction.response.send_modal(PromptModal(title="Edit image", on_submit=submit))
+        await interaction.response.send_modal(
+            PromptModal(
+                title="Edit image",
+                on_submit=submit,
+                owner_id=interaction.user.id,
+                target=str(message.id),
+            )
+        )
 
     @app_commands.guild_only()
     async def blend_menu(
@@ -209,7 +216,14 @@ class Generation(commands.Cog, name=GENERATION_COG):
             request = GenerationRequest(mode=Mode.BLEND, prompt=prompt)
             await self.service.start(modal_interaction, request, images)
 
-        await interaction.response.send_modal(PromptModal(title="Blend images", on_submit=submit))
+        await interaction.response.send_modal(
+            PromptModal(
+                title="Blend images",
+                on_submit=submit,
+                owner_id=interaction.user.id,
+                target=str(message.id),
+            )
+        )
 
     # --- result buttons ----------------------------------------------------------
     async def handle_button(
@@ -248,6 +262,8 @@ class Generation(commands.Cog, name=GENERATION_COG):
                 PromptModal(
                     title="Edit this result",
                     on_submit=submit,
+                    owner_id=interaction.user.id,
+                    target=job_id,
                     ask_image=len(record.images),
                     default_prompt=record.request.prompt[:2000],
                 )
