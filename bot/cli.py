@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from bot.config import Settings, load_settings
-from bot.datadir import prepare_data_dir
 from bot.errors import ConfigError
 from bot.logs import setup_logging
-from bot.migrate import describe_database
+from bot.startup import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    ServiceUnavailable,
+    check_database,
+    prepare_data_dir,
+    require_bot_settings,
+)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_USAGE = EXIT_CONFIG
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--env-file", default=".env", help="settings file to read (default: .env)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", help="run the Discord bot (the default)")
-    commands.add_parser("check", help="validate the settings and say what is configured")
+    check = commands.add_parser("check", help="validate the settings and say what is configured")
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also log in to Discord, check DEV_GUILD_ID and connect to the database",
+    )
     commands.add_parser("sync", help="register the slash commands with Discord, then exit")
     commands.add_parser("health", help="exit 0 if the running bot's heartbeat is fresh")
     add_generate_parser(commands)
@@ -48,60 +63,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(error.user_message, file=sys.stderr)
         return EXIT_USAGE
+    except ServiceUnavailable as error:
+        print(error.user_message, file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return EXIT_FAILED
 
 
 def _dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int:
     if command == "check":
-        return _check(settings)
+        from bot.cli_check import run_check
+
+        return run_check(settings, env_file=args.env_file, online=args.online)
     if command == "health":
         return _health(settings)
     if command == "generate":
         from bot.cli_generate import run_generate
 
         prepare_data_dir(settings)
+        asyncio.run(check_database(settings))
         return asyncio.run(run_generate(args, settings))
     if command == "quota":
         prepare_data_dir(settings)
+        asyncio.run(check_database(settings))
         from bot.quota.cli import run_quota_command
 
         return asyncio.run(run_quota_command(args, settings))
     if command in ("migrate", "migrate-data"):
         from bot.migrate_data import run_migrate_command
 
+        if command == "migrate":
+            prepare_data_dir(settings)
+            asyncio.run(check_database(settings))
         return asyncio.run(run_migrate_command(args, settings))
-    _require_bot_settings(settings)
+    require_bot_settings(settings)
     prepare_data_dir(settings)
-    from bot.app import run_bot
+    from bot.startup import start_bot, unknown_settings
 
-    return asyncio.run(run_bot(settings, sync_only=command == "sync"))
-
-
-def _require_bot_settings(settings: Settings) -> None:
-    problems = []
-    try:
-        settings.require("discord_token")
-    except ConfigError as error:
-        problems.append(error.user_message.removeprefix("Missing settings:\n"))
-    if not settings.configured_providers():
-        problems.append(
-            "  MODELSLAB_API_KEY or NANOBANANA_API_KEY: neither is set; set at least one "
-            "provider's API key"
-        )
-    if problems:
-        raise ConfigError("Missing settings:\n" + "\n".join(problems))
-
-
-def _check(settings: Settings) -> int:
-    print("Settings are valid.")
-    providers = settings.configured_providers()
-    print(f"Providers configured: {', '.join(providers) if providers else 'none'}")
-    print(f"Database: {describe_database(settings.database_url, settings.sqlite_path)}")
-    print(f"Data directory: {settings.data_dir}")
-    _require_bot_settings(settings)
-    print("Ready to run: python -m bot")
-    return EXIT_OK
+    for line in unknown_settings(args.env_file, os.environ):
+        logging.getLogger("bot.startup").warning("%s", line)
+    return asyncio.run(start_bot(settings, sync_only=command == "sync"))
 
 
 HEARTBEAT_MAX_AGE = 120.0
