@@ -184,6 +184,11 @@ class JobStore:
     def __init__(self, db: _Database) -> None:
         self._db = db
 
+    @property
+    def database(self) -> _Database:
+        """The connection, for stores of other tables in the same database."""
+        return self._db
+
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[JobStore]:

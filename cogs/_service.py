@@ -6,6 +6,7 @@ Shared by the slash commands, the context menus and the result buttons.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -13,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.blocklist import REFUSAL, Rule
 from bot.config import DISCORD_CDN_HOSTS
 from bot.errors import BotError, ImageError, UserError
 from bot.images import download, too_large_message
 from bot.jobs import JobOutcome
 from bot.jobstore import JobRecord, StoredImage
+from bot.memberstore import MemberStore
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
 from cogs._delivery import NO_MENTIONS, DiscordDelivery, to_files
 
@@ -48,6 +51,18 @@ def is_age_restricted(interaction: discord.Interaction[Any]) -> bool:
     return bool(checker()) if callable(checker) else False
 
 
+def command_label(interaction: discord.Interaction[Any]) -> str:
+    """How a moderator would name what the member used: /imagine, a menu, a button."""
+    command = interaction.command
+    if isinstance(command, discord.app_commands.Command):
+        return f"/{command.qualified_name}"
+    if command is not None:
+        return f"the “{command.name}” menu"
+    if interaction.type is discord.InteractionType.modal_submit:
+        return "a prompt form"
+    return "a result button"
+
+
 def is_moderator(interaction: discord.Interaction[Any]) -> bool:
     permissions = interaction.permissions
     return permissions.manage_guild or permissions.administrator
@@ -67,6 +82,8 @@ class GenerationService:
         """Acknowledge at once, then run the job; every failure reaches the member."""
         if not self.bot.accepting:
             raise UserError("The bot is restarting; please try again in a minute.")
+        if not await self._prompt_allowed(interaction, request):
+            return None
         if not interaction.response.is_done():
             try:
                 await interaction.response.defer(thinking=True)
@@ -91,6 +108,43 @@ class GenerationService:
             safety_checker=None if is_age_restricted(interaction) else True,
         )
         return await self.bot.run_job(self.bot.runtime.pipeline.run(request, delivery))
+
+    async def _prompt_allowed(
+        self, interaction: discord.Interaction[ImageBot], request: GenerationRequest
+    ) -> bool:
+        """The guild's blocked words, checked before anything is reserved or sent.
+        The member gets a neutral refusal, privately when nothing was deferred yet;
+        the log channel gets who, where and which rule."""
+        if interaction.guild_id is None:
+            return True
+        guild = str(interaction.guild_id)
+        blocklist = await MemberStore(self.bot.jobs.database).blocklist(guild)
+        rule = blocklist.match(request.prompt)
+        if rule is None:
+            return True
+        log.info("guild %s: prompt refused by a blocked-word rule", guild)
+        await self._log_blocked(interaction, guild, rule)
+        if not interaction.response.is_done():
+            raise UserError(REFUSAL)
+        await DiscordDelivery(self.bot, interaction).fail(None, UserError(REFUSAL))
+        return False
+
+    async def _log_blocked(
+        self, interaction: discord.Interaction[ImageBot], guild: str, rule: Rule
+    ) -> None:
+        channel_id = await self.bot.jobs.log_channel(guild)
+        if channel_id is None:
+            return
+        text = (
+            f"🚫 Refused a prompt from <@{interaction.user.id}> in <#{interaction.channel_id}> "
+            f"({command_label(interaction)}): it matched the blocked rule "
+            f"`{rule.text}`."
+        )
+        # The refusal stands whether or not the log channel can be written to.
+        with contextlib.suppress(discord.HTTPException):
+            await self.bot.get_partial_messageable(int(channel_id)).send(
+                text, allowed_mentions=NO_MENTIONS
+            )
 
     async def _check_channel(self, interaction: discord.Interaction[Any]) -> None:
         if interaction.guild_id is None:
