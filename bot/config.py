@@ -153,7 +153,8 @@ class Settings(BaseSettings):
     )
     nanobanana_reference_transport: Literal["upload", "url"] = Field(
         "upload",
-        description="upload: send reference bytes as multipart; url: send their URLs as JSON",
+        description="upload: send a single reference's bytes as multipart; url: send its link "
+        "as JSON (several references always go as links)",
     )
 
     # --- Routing and timing --------------------------------------------------

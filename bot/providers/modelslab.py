@@ -2,8 +2,14 @@
 
 Every call is a JSON POST with the key in the body, so bodies are only ever
 logged through ``redact_body``. A job may be queued (``status: processing``); it
-is then polled at its ``fetch_result`` URL until it succeeds, fails, or the
-``job_deadline`` passes.
+is then polled until it succeeds, fails, or the ``job_deadline`` passes. A poll
+carries the key too, so it goes to the ``fetch_result`` URL only when that is
+https on the configured API host itself (plain http only to a loopback API host
+under ``DOWNLOAD_ALLOW_LOOPBACK``, for tests); any other ``fetch_result`` is
+ignored for the documented fetch endpoint of the job's kind.
+
+A success names its images in ``output`` (a list, or now and then one string);
+when that is empty, ``proxy_links`` and then ``future_links`` carry them.
 
 Choices made where the docs leave room:
 
@@ -28,12 +34,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 import aiohttp
 
@@ -480,21 +487,38 @@ class ModelsLabProvider:
         key = self._key.get_secret_value()
         if queued.fetch_url and self._trusted_fetch_url(queued.fetch_url):
             return queued.fetch_url, {"key": key}
+        if queued.fetch_url:
+            log.warning(
+                "%s: ignoring fetch_result off the API host (%r); polling the documented "
+                "fetch endpoint instead",
+                NAME,
+                urlsplit(queued.fetch_url).hostname,
+            )
         if queued.job_id is None:
             raise self._http.bad_response("queued job without id or fetch_result")
         if mode is Mode.TEXT:
             return f"{self._base}/fetch", {"key": key, "request_id": queued.job_id}
-        return f"{self._base}/nano_banana/fetch/{queued.job_id}", {"key": key}
+        return f"{self._base}/nano_banana/fetch/{quote(queued.job_id, safe='')}", {"key": key}
 
     def _trusted_fetch_url(self, url: str) -> bool:
-        """The poll carries the key: send it over https, or to the configured API
-        host itself (plain http only happens against a local test server)."""
-        parts = urlsplit(url)
-        if not parts.netloc:
+        """The poll carries the key: only https to the configured API host (and
+        port), or plain http to a loopback API host under the test setting."""
+        try:
+            parts = urlsplit(url)
+            base = urlsplit(self._base)
+            port, base_port = _port(parts), _port(base)
+        except ValueError:
+            return False
+        host = (parts.hostname or "").rstrip(".")
+        if not host or parts.username is not None or parts.password is not None:
+            return False
+        if host != (base.hostname or "").rstrip(".") or port != base_port:
             return False
         if parts.scheme == "https":
             return True
-        return parts.scheme == "http" and parts.netloc == urlsplit(self._base).netloc
+        return (
+            parts.scheme == "http" and self._settings.download_allow_loopback and _is_loopback(host)
+        )
 
     async def _report(self, on_progress: ProgressCallback, queued: _Queued) -> None:
         progress = Progress(
@@ -546,8 +570,9 @@ class ModelsLabProvider:
         )
 
     def _success(self, data: dict[str, Any], status: int) -> ProviderOutput:
-        raw = data.get("output")
-        if not isinstance(raw, list) or not raw:
+        raw = _links(data.get("output")) or _links(data.get("proxy_links"))
+        raw = raw or _links(data.get("future_links"))
+        if not raw:
             raise self._http.bad_response("success without output", status=status)
         outputs = tuple(self._output_ref(item, status) for item in raw)
         meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
@@ -594,6 +619,31 @@ class ModelsLabProvider:
             model=output.model or request.model or "nano_banana",
             seed=output.seed if output.seed is not None else request.seed,
         )
+
+
+def _links(value: Any) -> list[Any]:
+    """A list of output entries from a list, one string, or nothing."""
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, list):
+        return value
+    return []
+
+
+def _port(parts: SplitResult) -> int | None:
+    port: int | None = parts.port  # raises ValueError when out of range
+    if port is not None:
+        return port
+    return {"https": 443, "http": 80}.get(parts.scheme)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _message_of(data: Mapping[str, Any]) -> Any:

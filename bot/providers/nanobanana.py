@@ -1,11 +1,21 @@
 """Nano Banana Pro: ``POST {base}/api/ai/nano-banana/generate``, one image per call.
 
 The call is synchronous (the answer carries the finished image), so it gets the
-long ``nanobanana_timeout`` and no polling. References travel as JSON URLs when
-the operator chose ``url`` transport and every reference has one; otherwise as
-multipart uploads, each first fitted under the plan's per-image byte limit by
-``ImageProcessor.fit_reference`` (a large Discord attachment is downscaled or
-re-encoded, never refused when it could fit).
+long ``nanobanana_timeout`` and no polling. HTTP 500 is the documented "generation
+failed": it is not sent again (each try can take minutes and may be billed).
+
+How references travel follows seed 004 exactly: one image may be a multipart
+upload (``image=@file``) or a JSON URL; several images only as a JSON array of
+URLs (the seed shows no repeated ``image`` part). The plan's per-image limit
+(2.5 MB) holds either way, so:
+
+* one reference is uploaded when the operator chose ``upload`` transport, when
+  it has no URL, or when its bytes exceed the limit, after
+  ``ImageProcessor.fit_reference`` downscaled or re-encoded it under the limit;
+  otherwise its URL is sent;
+* several references go as URLs, and one without a URL or over the limit is
+  refused before anything is sent or charged: the service would fetch it as it
+  is, and the bot has nowhere to put a shrunk copy.
 
 Choices made where the docs leave room:
 
@@ -37,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from bot.config import Settings
-from bot.errors import JobNotResumable, ValidationError
+from bot.errors import GenerationFailed, JobNotResumable, ValidationError
 from bot.models import (
     GenerationRequest,
     Mode,
@@ -195,27 +205,44 @@ class NanoBananaProvider:
         return value
 
     def _check_references(self, refs: tuple[ReferenceImage, ...]) -> None:
-        uploading = self._uploads(refs)
-        for index, ref in enumerate(refs, start=1):
-            if uploading and not ref.data:
-                why = (
-                    "is only a link while the others are uploads; attach every image or "
-                    "give every image as a link"
-                    if ref.url
-                    else "has neither image data to upload nor a link; attach the image again"
+        if len(refs) == 1:
+            if not refs[0].data and not refs[0].url:
+                raise ValidationError(
+                    "references",
+                    "The reference image has neither image data to upload nor a link; "
+                    "attach the image again.",
                 )
-                raise ValidationError("references", f"Reference image {index} {why}.")
+            return
+        limit = self._settings.nanobanana_max_image_bytes
+        for index, ref in enumerate(refs, start=1):
+            if not ref.url:
+                raise ValidationError(
+                    "references",
+                    f"Reference image {index} has no link: {DISPLAY_NAME} takes several "
+                    "images only as links it downloads itself (one image can be uploaded). "
+                    "Attach the images on Discord, or use just this one.",
+                )
+            if ref.data is not None and len(ref.data) > limit:
+                raise ValidationError(
+                    "references",
+                    f"Reference image {index} is {_megabytes(len(ref.data))}; {DISPLAY_NAME} "
+                    f"takes at most {_megabytes(limit)} per image, and with several images it "
+                    "downloads each from its link as it is. Use a smaller image, or edit this "
+                    "one on its own (the bot shrinks a single image to fit).",
+                )
 
     def _uploads(self, refs: tuple[ReferenceImage, ...]) -> bool:
-        """Multipart unless URL transport is chosen and every reference has a URL.
-        With upload transport, references known only by URL still go as URLs: there
-        are no bytes to upload, and the service can fetch them itself."""
-        if not refs:
+        """Whether the one reference goes as a multipart upload (see the module
+        docstring); several references never do."""
+        if len(refs) != 1:
             return False
-        by_url = self._settings.nanobanana_reference_transport == "url" or not all(
-            ref.data for ref in refs
-        )
-        return not (by_url and all(ref.url for ref in refs))
+        [ref] = refs
+        if not ref.data:
+            return False  # nothing to upload: the service fetches the link
+        if not ref.url or self._settings.nanobanana_reference_transport == "upload":
+            return True
+        # A link to more than the limit would be refused: upload a fitted copy.
+        return len(ref.data) > self._settings.nanobanana_max_image_bytes
 
     def cost_tier(self, request: GenerationRequest) -> str:
         return f"nbpro_{request.size or DEFAULT_SIZE}"
@@ -232,22 +259,19 @@ class NanoBananaProvider:
             body["image"] = urls
         return body
 
-    def _form(
-        self, request: GenerationRequest, refs: tuple[ReferenceImage, ...]
-    ) -> aiohttp.FormData:
+    def _form(self, request: GenerationRequest, ref: ReferenceImage) -> aiohttp.FormData:
+        assert ref.data is not None
         form = aiohttp.FormData()
         form.add_field("prompt", request.prompt)
         form.add_field("size", request.size or DEFAULT_SIZE)
         if request.aspect_ratio:
             form.add_field("aspectRatio", request.aspect_ratio)
-        for index, ref in enumerate(refs, start=1):
-            assert ref.data is not None
-            form.add_field(
-                "image",
-                ref.data,
-                filename=_filename(ref, index),
-                content_type=ref.mime or "application/octet-stream",
-            )
+        form.add_field(
+            "image",
+            ref.data,
+            filename=_filename(ref, 1),
+            content_type=ref.mime or "application/octet-stream",
+        )
         return form
 
     async def resume(
@@ -270,11 +294,8 @@ class NanoBananaProvider:
         try:
             async with asyncio.timeout_at(started + settings.job_deadline):
                 if self._uploads(request.references):
-                    limit = settings.nanobanana_max_image_bytes
-                    fitted = tuple(
-                        await asyncio.gather(
-                            *(self._images.fit_reference(ref, limit) for ref in request.references)
-                        )
+                    fitted = await self._images.fit_reference(
+                        request.references[0], settings.nanobanana_max_image_bytes
                     )
 
                     async def attempt() -> HttpResponse:
@@ -315,6 +336,8 @@ class NanoBananaProvider:
 
     def _interpret(self, response: HttpResponse) -> ProviderOutput:
         data = response.data
+        if response.status == 500:
+            raise self._generation_failed(data)
         if not isinstance(data, dict):
             raise self._http.error_for_status_only(response)
         error = data.get("error")
@@ -340,6 +363,23 @@ class NanoBananaProvider:
             provider_job_id=str(job_id) if job_id not in (None, "") else None,
         )
 
+    def _generation_failed(self, data: Any) -> GenerationFailed:
+        """Seed 004: HTTP 500 is "Generation failed". Not retryable: another try
+        may take minutes again and may be billed again."""
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict):
+            error = error.get("message") or error
+        text = self._http.sanitise(error) if error not in (None, "", False) else ""
+        log.warning("%s reported a failed generation (HTTP 500): %s", NAME, text or "no message")
+        detail = f": {text}" if text else ""
+        return GenerationFailed(
+            f"{DISPLAY_NAME} could not make this image{detail}. Nothing was charged; "
+            "try again, or change the prompt or reference images.",
+            provider=NAME,
+            status=500,
+            retryable=False,
+        )
+
     def _output_ref(self, item: Any, status: int) -> OutputRef:
         url = item.get("url") if isinstance(item, dict) else item
         if isinstance(url, str) and url.strip().startswith(("https://", "http://")):
@@ -351,6 +391,11 @@ class NanoBananaProvider:
             except (binascii.Error, ValueError):
                 pass
         raise self._http.bad_response("image entry without a usable url", status=status)
+
+
+def _megabytes(size: int) -> str:
+    # Decimal megabytes, as the plan table states its 2.5 MB limit.
+    return f"{size / 1_000_000:.1f} MB"
 
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}

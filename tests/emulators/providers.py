@@ -71,8 +71,11 @@ ResultKind: TypeAlias = Literal[
     "ok", "404", "huge", "huge_declared", "corrupt", "truncated", "slow", "garbage_url"
 ]
 
+# "fetch" is text2img's poll (``/fetch/{id}`` and ``/fetch`` with ``request_id``);
+# "nano_fetch" is nano_banana's (``/nano_banana/fetch/{id}``). Each knows only its
+# own jobs, as the docs describe them: a job polled at the other route is not found.
 ENDPOINTS: frozenset[str] = frozenset(
-    {"text2img", "img2img", "multi_ref", "nbpro", "fetch", "file", "ref"}
+    {"text2img", "img2img", "multi_ref", "nbpro", "fetch", "nano_fetch", "file", "ref"}
 )
 
 ML_PREFIX = "/api/v1/enterprise"
@@ -140,13 +143,17 @@ class Success:
 
     ``base64`` overrides the request's ``base64`` flag (ModelsLab only);
     ``base64_url`` makes base64 output a URL to a ``.base64`` text file instead
-    of inline text, which the provider notes say can happen.
+    of inline text, which the provider notes say can happen. ``links_in`` says
+    where a ModelsLab success puts its links: ``output`` (the usual list),
+    ``output_string`` (one string, not a list), or ``proxy_links`` /
+    ``future_links`` with ``output`` left empty.
     """
 
     base64: bool | None = None
     result: ResultKind = "ok"
     base64_url: bool = False
     nsfw: bool = False
+    links_in: Literal["output", "output_string", "proxy_links", "future_links"] = "output"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +162,8 @@ class Processing:
     answer ``processing`` ``polls - 1`` more times, then behave as ``then``.
 
     On Nano Banana Pro (a synchronous API) this just delays ``polls * eta`` seconds.
+    ``fetch_result_url`` replaces the announced ``fetch_result`` (``{id}`` is the
+    job id), e.g. to point a client somewhere it must not send the key.
     """
 
     polls: int = 1
@@ -162,6 +171,7 @@ class Processing:
     misspell: bool = False
     fetch_result: bool = True
     then: Behaviour = field(default_factory=Success)
+    fetch_result_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +390,7 @@ class _File:
 @dataclass
 class _Generation:
     id: int
+    kind: Literal["text2img", "nano"]
     width: int
     height: int
     samples: int
@@ -396,6 +407,7 @@ class _Job:
     eta: float
     misspell: bool
     fetch_result: bool
+    fetch_result_url: str | None = None
     outcome: Behaviour | None = None
     success_body: dict[str, Any] | None = None
 
@@ -518,8 +530,11 @@ class ProviderEmulator:
         self._scripts: dict[str, deque[Behaviour]] = {name: deque() for name in ENDPOINTS}
         self._references: dict[str, tuple[bytes, str]] = {}
         self._files: dict[str, _File] = {}
-        self._jobs: dict[int, _Job] = {}
-        self._next_id = random.randint(100_000, 9_000_000)
+        # One id space per fetch route, in ranges that cannot overlap, so a job
+        # polled at the wrong route is "not found" rather than someone else's job.
+        self._jobs: dict[str, dict[int, _Job]] = {"text2img": {}, "nano": {}}
+        self._next_id = random.randint(100_000, 4_000_000)
+        self._next_nano_id = random.randint(5_000_000, 9_000_000)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -540,9 +555,9 @@ class ProviderEmulator:
         app.router.add_post(f"{ML_PREFIX}/text2img", self._text2img)
         app.router.add_post(f"{ML_PREFIX}/nano_banana/img2img", self._img2img)
         app.router.add_post(f"{ML_PREFIX}/nano_banana/multi_ref", self._multi_ref)
-        app.router.add_post(f"{ML_PREFIX}/fetch/{{id}}", self._fetch)
-        app.router.add_post(f"{ML_PREFIX}/fetch", self._fetch)
-        app.router.add_post(f"{ML_PREFIX}/nano_banana/fetch/{{id}}", self._fetch)
+        app.router.add_post(f"{ML_PREFIX}/fetch/{{id}}", self._fetch_text2img)
+        app.router.add_post(f"{ML_PREFIX}/fetch", self._fetch_text2img)
+        app.router.add_post(f"{ML_PREFIX}/nano_banana/fetch/{{id}}", self._fetch_nano)
         app.router.add_post(NB_PATH, self._nbpro)
         app.router.add_get("/files/{name}", self._file)
         app.router.add_get("/refs/{name}", self._ref)
@@ -685,6 +700,10 @@ class ProviderEmulator:
         self._next_id += 1
         return self._next_id
 
+    def _new_nano_id(self) -> int:
+        self._next_nano_id += 1
+        return self._next_nano_id
+
     def _new_file(self, width: int, height: int, *, ready: bool = True) -> str:
         name = f"{uuid.uuid4().hex}.png"
         self._files[name] = _File(width, height, self.photo_like, ready=ready)
@@ -695,6 +714,12 @@ class ProviderEmulator:
 
     async def _fetch_reference(self, url: Any) -> tuple[int, int] | None:
         """Download and decode a reference image the way the provider would."""
+        data = await self._reference_bytes(url)
+        if data is None:
+            return None
+        return await asyncio.to_thread(_decoded_size, data)
+
+    async def _reference_bytes(self, url: Any) -> bytes | None:
         if not isinstance(url, str) or not _is_loopback(url) or self._session is None:
             return None
         try:
@@ -708,7 +733,7 @@ class ProviderEmulator:
                         return None
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
-        return await asyncio.to_thread(_decoded_size, bytes(data))
+        return bytes(data)
 
     # ----------------------------------------------------------------- ModelsLab
 
@@ -753,8 +778,9 @@ class ProviderEmulator:
                 eta=behaviour.eta,
                 misspell=behaviour.misspell,
                 fetch_result=behaviour.fetch_result,
+                fetch_result_url=behaviour.fetch_result_url,
             )
-            self._jobs[generation.id] = job
+            self._jobs[generation.kind][generation.id] = job
             return web.json_response(self._processing_body(job))
         success = behaviour if isinstance(behaviour, Success) else Success()
         return web.json_response(await self._success_body(generation, success))
@@ -793,7 +819,7 @@ class ProviderEmulator:
             "safetychecker": body.get("safety_checker") or "yes",
             "upscale": "yes" if flags["upscale"] else "no",
         }
-        return self._generation(width, height, samples, flags["base64"], meta)
+        return self._generation(width, height, samples, flags["base64"], meta, "text2img")
 
     async def _nano_generation(self, body: dict[str, Any], endpoint: str) -> _Generation | None:
         prompt = _text(body, "prompt", required=True)
@@ -841,13 +867,20 @@ class ProviderEmulator:
             "noise_clip_std": _number(body, "noise_clip_std") or 2.5,
             "watermark": "yes" if flags["watermark"] else "no",
         }
-        return self._generation(out_w, out_h, samples, flags["base64"], meta)
+        return self._generation(out_w, out_h, samples, flags["base64"], meta, "nano")
 
     def _generation(
-        self, width: int, height: int, samples: int, as_base64: bool, meta: dict[str, Any]
+        self,
+        width: int,
+        height: int,
+        samples: int,
+        as_base64: bool,
+        meta: dict[str, Any],
+        kind: Literal["text2img", "nano"],
     ) -> _Generation:
         files = [self._new_file(width, height) for _ in range(samples)]
-        return _Generation(self._new_id(), width, height, samples, as_base64, meta, files)
+        job_id = self._new_id() if kind == "text2img" else self._new_nano_id()
+        return _Generation(job_id, kind, width, height, samples, as_base64, meta, files)
 
     def _processing_body(self, job: _Job) -> dict[str, Any]:
         generation = job.generation
@@ -856,8 +889,11 @@ class ProviderEmulator:
             "eta": job.eta,
             ("messege" if job.misspell else "message"): PROCESSING_MESSAGE,
         }
-        if job.fetch_result:
-            body["fetch_result"] = f"{self.modelslab_base_url}/fetch/{generation.id}"
+        if job.fetch_result and job.fetch_result_url is not None:
+            body["fetch_result"] = job.fetch_result_url.format(id=generation.id)
+        elif job.fetch_result:
+            route = "fetch" if generation.kind == "text2img" else "nano_banana/fetch"
+            body["fetch_result"] = f"{self.modelslab_base_url}/{route}/{generation.id}"
         body.update(
             {
                 "id": generation.id,
@@ -898,7 +934,7 @@ class ProviderEmulator:
             output = [base64.b64encode(data).decode("ascii")] * generation.samples
         else:
             output = list(links)
-        return {
+        body: dict[str, Any] = {
             "status": "success",
             "generationTime": 1.2,
             "id": generation.id,
@@ -907,12 +943,27 @@ class ProviderEmulator:
             "meta": generation.meta,
             "nsfw_content_detected": success.nsfw,
         }
+        if success.links_in == "output_string":
+            body["output"] = output[0]
+        elif success.links_in == "proxy_links":
+            body["output"] = []
+        elif success.links_in == "future_links":
+            body.update(output=[], proxy_links=[], future_links=links)
+        return body
 
-    async def _fetch(self, request: web.Request) -> web.StreamResponse:
+    async def _fetch_text2img(self, request: web.Request) -> web.StreamResponse:
+        return await self._fetch(request, "fetch", "text2img")
+
+    async def _fetch_nano(self, request: web.Request) -> web.StreamResponse:
+        return await self._fetch(request, "nano_fetch", "nano")
+
+    async def _fetch(
+        self, request: web.Request, endpoint: str, kind: Literal["text2img", "nano"]
+    ) -> web.StreamResponse:
         raw = await request.read()
         _, parsed = _json_or_none(raw)
-        self._record(request, "fetch", parsed=parsed, body=raw)
-        behaviour, early = await self._prelude("fetch")
+        self._record(request, endpoint, parsed=parsed, body=raw)
+        behaviour, early = await self._prelude(endpoint)
         if early is not None:
             return early
         if not isinstance(parsed, dict):
@@ -926,7 +977,7 @@ class ProviderEmulator:
             job_id = int(str(raw_id))
         except ValueError:
             return _ml_error(400, "The request_id field must be an integer.")
-        job = self._jobs.get(job_id)
+        job = self._jobs[kind].get(job_id)
         if job is None:
             return _ml_error(404, "Request not found")
         if isinstance(behaviour, Processing):
@@ -943,6 +994,7 @@ class ProviderEmulator:
                 job.remaining = max(0, then.polls - 1)
                 job.then, job.eta = then.then, then.eta
                 job.misspell, job.fetch_result = then.misspell, then.fetch_result
+                job.fetch_result_url = then.fetch_result_url
                 return web.json_response(self._processing_body(job))
             job.outcome = then
         outcome = job.outcome
@@ -1007,6 +1059,13 @@ class ProviderEmulator:
         except _Invalid as exc:
             return _nb_error(400, str(exc))
         count = len(urls) + len(files)
+        if len(files) > 1:
+            # The seed shows one uploaded file; several images only as a URL array.
+            return _nb_error(
+                400,
+                f"Only one image file may be uploaded; {len(files)} given. "
+                "Send several images as an array of URLs.",
+            )
         if count > self.nb_max_references:
             return _nb_error(
                 400,
@@ -1022,10 +1081,17 @@ class ProviderEmulator:
         for upload in files:
             if await asyncio.to_thread(_decoded_size, upload.data) is None:
                 return _nb_error(400, f"Invalid image file {upload.filename or upload.field!r}")
-        sizes = await asyncio.gather(*(self._fetch_reference(url) for url in urls))
-        for url, got in zip(urls, sizes, strict=True):
-            if got is None:
+        fetched = await asyncio.gather(*(self._reference_bytes(url) for url in urls))
+        for url, data in zip(urls, fetched, strict=True):
+            if data is None or await asyncio.to_thread(_decoded_size, data) is None:
                 return _nb_error(400, f"Failed to fetch image from URL: {url}")
+            # The plan's per-image limit holds however the image arrives.
+            if len(data) > self.nb_max_image_bytes:
+                return _nb_error(
+                    400,
+                    f"Image at {url} is {len(data)} bytes; "
+                    f"maximum image size is {self.nb_max_image_bytes / 1_000_000:g}MB",
+                )
 
         success = behaviour if isinstance(behaviour, Success) else Success()
         width, height = _nb_dimensions(size, aspect)

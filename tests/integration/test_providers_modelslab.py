@@ -88,6 +88,8 @@ def make_settings(base_url: str, **overrides: Any) -> Settings:
         "retry_backoff_max": 0.05,
         "request_timeout": 5.0,
         "job_deadline": 10.0,
+        # The emulator's fetch_result is plain http on loopback: the test setting.
+        "download_allow_loopback": True,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
@@ -357,7 +359,7 @@ async def test_processing_fallback_fetch_routes(
     out = await run(client(emu, session), GenerationRequest(mode=mode, prompt="x", references=refs))
     job_id = out.provider_job_id
     assert job_id is not None
-    fetches = emu.requests_to("fetch")
+    fetches = emu.requests_to("fetch" if mode is Mode.TEXT else "nano_fetch")
     assert len(fetches) == 2
     for fetch in fetches:
         assert fetch.path == path.format(id=job_id)
@@ -365,6 +367,78 @@ async def test_processing_fallback_fetch_routes(
             assert fetch.json == {"key": KEY, "request_id": job_id}
         else:
             assert fetch.json == {"key": KEY}
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "http://{trap}/api/v1/enterprise/fetch/{{id}}",  # plain http, another host
+        "https://{trap}/api/v1/enterprise/fetch/{{id}}",  # https, another host
+        "https://modelslab.com.evil.example/api/v1/enterprise/fetch/{{id}}",
+        "http://{api}@{trap}/api/v1/enterprise/fetch/{{id}}",  # the API host as userinfo
+    ],
+)
+@pytest.mark.parametrize(
+    ("endpoint", "mode", "poll"),
+    [("text2img", Mode.TEXT, "fetch"), ("img2img", Mode.EDIT, "nano_fetch")],
+)
+async def test_key_never_follows_a_foreign_fetch_result(
+    emu: ProviderEmulator,
+    session: aiohttp.ClientSession,
+    where: str,
+    endpoint: str,
+    mode: Mode,
+    poll: str,
+):
+    async with ProviderEmulator(modelslab_key=KEY) as trap:
+        api = emu.base_url.removeprefix("http://")
+        target = where.format(trap=trap.base_url.removeprefix("http://"), api=api)
+        emu.script(endpoint, Processing(polls=2, fetch_result_url=target))
+        refs = (reference(emu, "e.png", 64, 64),) if mode is Mode.EDIT else ()
+        request = GenerationRequest(mode=mode, prompt="x", references=refs)
+        out = await run(client(emu, session), request)
+        assert trap.requests == []
+    assert out.outputs
+    # The documented endpoint of the job's kind took the polls instead.
+    fetches = emu.requests_to(poll)
+    assert len(fetches) == 2
+    expected = f"{PREFIX}/fetch" if mode is Mode.TEXT else f"{PREFIX}/nano_banana/fetch/"
+    assert all(fetch.path.startswith(expected) for fetch in fetches)
+
+
+async def test_plain_http_fetch_result_only_under_the_test_setting(
+    emu: ProviderEmulator, session: aiohttp.ClientSession
+):
+    emu.script("text2img", Processing(polls=1))
+    await run(client(emu, session, download_allow_loopback=False), text())
+    [fetch] = emu.requests_to("fetch")
+    # Not the announced http URL: the documented endpoint, with the request id.
+    assert fetch.path == f"{PREFIX}/fetch"
+    assert fetch.json is not None and "request_id" in fetch.json
+
+
+@pytest.mark.parametrize("links_in", ["output_string", "proxy_links", "future_links"])
+async def test_success_links_outside_output_list(
+    emu: ProviderEmulator, session: aiohttp.ClientSession, links_in: Any
+):
+    emu.script("text2img", Processing(polls=1, then=Success(links_in=links_in)))
+    out = await run(client(emu, session), text(samples=2))
+    # A single string names one image.
+    assert len(out.outputs) == (1 if links_in == "output_string" else 2)
+    assert all(ref.url and ref.url.startswith(f"{emu.base_url}/files/") for ref in out.outputs)
+
+
+async def test_proxy_links_come_before_future_links(
+    emu: ProviderEmulator, session: aiohttp.ClientSession
+):
+    body = (
+        b'{"status": "success", "id": 7, "output": [], '
+        b'"proxy_links": ["https://proxy.example/a.png"], '
+        b'"future_links": ["https://future.example/a.png"]}'
+    )
+    emu.script("text2img", Garbage(200, body))
+    out = await run(client(emu, session), text())
+    assert [ref.url for ref in out.outputs] == ["https://proxy.example/a.png"]
 
 
 async def test_processing_misspelled_message(emu: ProviderEmulator, session: aiohttp.ClientSession):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from bot.config import Settings
 from bot.errors import (
+    GenerationFailed,
     JobDeadlineExceeded,
     ProviderAuthError,
     ProviderBadRequest,
@@ -175,21 +176,98 @@ async def test_url_transport_json(
 async def test_upload_transport_multipart(
     emu: ProviderEmulator, make_client: Any, images: ImageProcessor
 ):
-    refs = (await png_ref(images, 64, 48), await png_ref(images, 32, 32))
+    ref = await png_ref(images, 64, 48, url="https://cdn.discordapp.com/attachments/1/2/a.png")
     request = GenerationRequest(
-        mode=Mode.BLEND, prompt="blend them", references=refs, aspect_ratio="3:2"
+        mode=Mode.EDIT, prompt="restyle it", references=(ref,), aspect_ratio="3:2"
     )
     await run(make_client(), request)
     [sent] = emu.requests_to("nbpro")
     assert sent.header("Authorization") == f"Bearer {KEY}"
     assert (sent.header("Content-Type") or "").startswith("multipart/form-data")
     assert sent.json is None
-    assert sent.form == {"prompt": ["blend them"], "size": ["1k"], "aspectRatio": ["3:2"]}
-    assert [f.field for f in sent.files] == ["image", "image"]
-    for upload, ref in zip(sent.files, refs, strict=True):
-        assert upload.data == ref.data  # small enough: sent unchanged
-        assert upload.content_type == "image/png"
-        assert upload.filename is not None and upload.filename.endswith(".png")
+    assert sent.form == {"prompt": ["restyle it"], "size": ["1k"], "aspectRatio": ["3:2"]}
+    [upload] = sent.files
+    assert upload.field == "image"
+    assert upload.data == ref.data  # small enough: sent unchanged
+    assert upload.content_type == "image/png"
+    assert upload.filename is not None and upload.filename.endswith(".png")
+
+
+@pytest.mark.parametrize("transport", ["upload", "url"])
+async def test_several_uploaded_references_go_as_a_url_array(
+    emu: ProviderEmulator, make_client: Any, images: ImageProcessor, transport: str
+):
+    # Seed 004 shows one uploaded file and several images only as a JSON array of
+    # URLs; the emulator refuses repeated multipart image parts as undocumented.
+    refs = []
+    for i, (w, h) in enumerate([(64, 48), (32, 32), (40, 60)]):
+        data = make_png(w, h)
+        url = emu.add_reference(f"attachment{i}.png", data)
+        refs.append(await images.load_reference(data, filename=f"a{i}.png", url=url))
+    request = GenerationRequest(
+        mode=Mode.BLEND, prompt="blend them", references=tuple(refs), aspect_ratio="3:2"
+    )
+    out = await run(make_client(nanobanana_reference_transport=transport), request)
+    assert out.outputs
+    [sent] = emu.requests_to("nbpro")
+    assert sent.header("Content-Type") == "application/json"
+    assert sent.files == []
+    assert sent.json == {
+        "prompt": "blend them",
+        "size": "1k",
+        "aspectRatio": "3:2",
+        "image": [ref.url for ref in refs],
+    }
+
+
+async def test_several_references_without_links_are_refused_before_sending(
+    emu: ProviderEmulator, make_client: Any, images: ImageProcessor
+):
+    linked = await png_ref(images, 32, 32, url=emu.add_reference("l.png", make_png(32, 32)))
+    local = await png_ref(images, 40, 40)  # e.g. a file given to the CLI
+    provider = make_client()
+    with pytest.raises(ValidationError) as info:
+        provider.validate(
+            GenerationRequest(mode=Mode.BLEND, prompt="mix", references=(linked, local))
+        )
+    assert info.value.option == "references"
+    assert "Reference image 2 has no link" in info.value.user_message
+    assert emu.requests == []
+
+
+async def test_oversized_reference_among_several_is_refused_before_sending(
+    emu: ProviderEmulator, make_client: Any, images: ImageProcessor
+):
+    # The limit holds for references fetched by URL too, and a link cannot be shrunk.
+    small = make_png(32, 32)
+    big = make_png(2048, 2048, photo_like=True)
+    assert len(big) > LIMIT
+    refs = (
+        await images.load_reference(small, url=emu.add_reference("s.png", small)),
+        await images.load_reference(big, url=emu.add_reference("b.png", big)),
+    )
+    provider = make_client()
+    with pytest.raises(ValidationError) as info:
+        provider.validate(GenerationRequest(mode=Mode.BLEND, prompt="mix", references=refs))
+    message = info.value.user_message
+    assert "Reference image 2 is" in message and "at most 2.5 MB" in message
+    assert emu.requests == []
+
+
+async def test_oversized_single_url_reference_is_uploaded_fitted(
+    emu: ProviderEmulator, make_client: Any, images: ImageProcessor
+):
+    # With URL transport, one link to more than 2.5 MB would be refused by the
+    # service: a fitted copy is uploaded instead.
+    big = make_png(2048, 2048, photo_like=True)
+    ref = await images.load_reference(big, url=emu.add_reference("big.png", big))
+    provider = make_client(nanobanana_reference_transport="url")
+    out = await run(provider, GenerationRequest(mode=Mode.EDIT, prompt="x", references=(ref,)))
+    assert out.outputs
+    [sent] = emu.requests_to("nbpro")
+    [upload] = sent.files
+    assert len(upload.data) <= LIMIT
+    assert emu.requests_to("ref") == []
 
 
 async def test_upload_mode_falls_back_to_urls_without_bytes(
@@ -270,10 +348,31 @@ async def test_rate_limited_then_success(emu: ProviderEmulator, make_client: Any
 
 
 async def test_server_errors_retried(emu: ProviderEmulator, make_client: Any):
-    emu.script("nbpro", NBError(500, "Generation failed"), ServerError(503))
+    emu.script("nbpro", ServerError(502), ServerError(503))
     out = await run(make_client(), text())
     assert len(emu.requests_to("nbpro")) == 3
     assert out.outputs
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "words"),
+    [
+        (NBError(500, "Generation failed: content policy"), ": Generation failed: content policy"),
+        (ServerError(500), "could not make this image. Nothing was charged"),
+    ],
+)
+async def test_generation_failed_is_not_retried(
+    emu: ProviderEmulator, make_client: Any, behaviour: Any, words: str
+):
+    # Seed 004: HTTP 500 means "Generation failed". A retry could take minutes
+    # again and be billed again.
+    emu.script("nbpro", behaviour, behaviour, behaviour)
+    with pytest.raises(GenerationFailed) as info:
+        await run(make_client(retry_attempts=3), text())
+    assert len(emu.requests_to("nbpro")) == 1
+    assert info.value.retryable is False
+    assert info.value.status == 500
+    assert words in info.value.user_message
 
 
 async def test_multipart_rebuilt_for_each_retry(

@@ -351,6 +351,41 @@ async def test_processing_misspelled_without_fetch_result_uses_fallbacks(emu, ht
     assert await image_size(base64.b64decode(done["output"][0])) == (1024, 1024)
 
 
+async def test_each_fetch_route_knows_only_its_own_jobs(emu, http):
+    emu.script("text2img", Processing(polls=2))
+    emu.script("img2img", Processing(polls=2))
+    url = await reference(emu)
+    _, text_job = await post(http, f"{emu.modelslab_base_url}/text2img", text2img_body())
+    _, nano_job = await post(
+        http,
+        f"{emu.modelslab_base_url}/nano_banana/img2img",
+        {"key": ML_KEY, "prompt": "p", "ref_image": url},
+    )
+    nano_fetch = f"{emu.modelslab_base_url}/nano_banana/fetch"
+    assert nano_job["fetch_result"] == f"{nano_fetch}/{nano_job['id']}"
+    assert text_job["fetch_result"] == f"{emu.modelslab_base_url}/fetch/{text_job['id']}"
+
+    # Polled at the other endpoint's route, neither job exists.
+    wrong = [
+        await post(http, f"{emu.modelslab_base_url}/fetch/{nano_job['id']}", {"key": ML_KEY}),
+        await post(
+            http,
+            f"{emu.modelslab_base_url}/fetch",
+            {"key": ML_KEY, "request_id": nano_job["id"]},
+        ),
+        await post(http, f"{nano_fetch}/{text_job['id']}", {"key": ML_KEY}),
+    ]
+    assert [status for status, _ in wrong] == [404, 404, 404]
+
+    right = [
+        await post(http, text_job["fetch_result"], {"key": ML_KEY}),
+        await post(http, nano_job["fetch_result"], {"key": ML_KEY}),
+    ]
+    assert [(status, body["status"]) for status, body in right] == [(200, "processing")] * 2
+    assert len(emu.requests_to("fetch")) == 3
+    assert len(emu.requests_to("nano_fetch")) == 2
+
+
 async def test_processing_then_error_and_unknown_job(emu, http):
     emu.script("text2img", Processing(then=Error(200, "Generation failed", status_word="failed")))
 
@@ -621,7 +656,6 @@ async def test_nbpro_multipart_upload_is_recorded(emu, http):
     form.add_field("size", "2k")
     form.add_field("aspectRatio", "3:2")
     form.add_field("image", png, filename="one.png", content_type="image/png")
-    form.add_field("image", png, filename="two.png", content_type="image/png")
 
     async with http.post(
         f"{emu.base_url}/api/ai/nano-banana/generate", data=form, headers=NB_AUTH
@@ -635,10 +669,38 @@ async def test_nbpro_multipart_upload_is_recorded(emu, http):
     assert recorded.form == {"prompt": ["vintage film"], "size": ["2k"], "aspectRatio": ["3:2"]}
     assert [(f.field, f.filename, f.content_type, f.data) for f in recorded.files] == [
         ("image", "one.png", "image/png", png),
-        ("image", "two.png", "image/png", png),
     ]
     assert recorded.header("authorization") == "Bearer sk-test-key"
     assert recorded.json is None
+
+
+async def test_nbpro_refuses_repeated_image_parts(emu, http):
+    # The seed documents one uploaded file; several images only as a URL array.
+    png = await asyncio.to_thread(make_png, 40, 30)
+    form = aiohttp.FormData()
+    form.add_field("prompt", "two uploads")
+    form.add_field("image", png, filename="one.png", content_type="image/png")
+    form.add_field("image", png, filename="two.png", content_type="image/png")
+
+    async with http.post(
+        f"{emu.base_url}/api/ai/nano-banana/generate", data=form, headers=NB_AUTH
+    ) as resp:
+        assert resp.status == 400
+        assert "array of URLs" in (await resp.json())["error"]
+    assert len(emu.requests_to("nbpro")[0].files) == 2
+
+
+async def test_nbpro_refuses_oversized_url_reference(http):
+    png = await asyncio.to_thread(make_png, 64, 64)
+    async with ProviderEmulator(nb_max_image_bytes=len(png) - 1) as emu:
+        url = emu.add_reference("big.png", png)
+        async with http.post(
+            f"{emu.base_url}/api/ai/nano-banana/generate",
+            json={"prompt": "p", "image": [url]},
+            headers=NB_AUTH,
+        ) as resp:
+            assert resp.status == 400
+            assert "maximum image size" in (await resp.json())["error"]
 
 
 async def test_nbpro_rejects_oversized_upload(emu, http):
@@ -660,11 +722,10 @@ async def test_nbpro_limits_are_configurable(http):
     async with ProviderEmulator(nb_max_references=2, nb_max_image_bytes=len(png)) as emu:
         endpoint = f"{emu.base_url}/api/ai/nano-banana/generate"
 
-        form = aiohttp.FormData()
-        form.add_field("prompt", "p")
-        for name in ("a", "b", "c"):
-            form.add_field("image", png, filename=f"{name}.png", content_type="image/png")
-        async with http.post(endpoint, data=form, headers=NB_AUTH) as resp:
+        urls = [emu.add_reference(f"{name}.png", png) for name in ("a", "b", "c")]
+        async with http.post(
+            endpoint, json={"prompt": "p", "image": urls}, headers=NB_AUTH
+        ) as resp:
             assert resp.status == 400
             assert "maximum is 2" in (await resp.json())["error"]
 
