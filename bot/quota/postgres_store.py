@@ -219,6 +219,15 @@ class PostgresTx:
         )
         return None if row is None else _ban(row)
 
+    async def active_bans(self, guild_id: str, now: datetime) -> list[Ban]:
+        rows = await self._all(
+            "SELECT * FROM quota_bans WHERE guild_id = $1 AND lifted_at IS NULL AND until > $2"
+            " ORDER BY until, id",
+            guild_id,
+            _utc(now),
+        )
+        return [_ban(row) for row in rows]
+
     async def add_ban(
         self, guild_id: str, user_id: str, until: datetime, reason: str, by: str, now: datetime
     ) -> Ban:

@@ -763,6 +763,9 @@ class QuotaService:
     async def active_ban(self, guild_id: str, user_id: str) -> Ban | None:
         return await self.store.read(lambda tx: tx.active_ban(guild_id, user_id, self.now()))
 
+    async def active_bans(self, guild_id: str) -> list[Ban]:
+        return await self.store.read(lambda tx: tx.active_bans(guild_id, self.now()))
+
     # --- queries -------------------------------------------------------------------
     async def balance(
         self, guild_id: str, user_id: str | None = None, roles: Sequence[str] = ()

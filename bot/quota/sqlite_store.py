@@ -207,6 +207,14 @@ class SqliteTx:
         )
         return None if row is None else _ban(row)
 
+    async def active_bans(self, guild_id: str, now: datetime) -> list[Ban]:
+        rows = self._all(
+            "SELECT * FROM quota_bans WHERE guild_id = ? AND lifted_at IS NULL AND until > ?"
+            " ORDER BY until, id",
+            (guild_id, self._db(now)),
+        )
+        return [_ban(row) for row in rows]
+
     async def add_ban(
         self, guild_id: str, user_id: str, until: datetime, reason: str, by: str, now: datetime
     ) -> Ban:

@@ -87,6 +87,10 @@ class LedgerTx(Protocol):
     # --- bans ---------------------------------------------------------------
     async def active_ban(self, guild_id: str, user_id: str, now: datetime) -> Ban | None: ...
 
+    async def active_bans(self, guild_id: str, now: datetime) -> list[Ban]:
+        """Every member's ban in force, soonest to end first."""
+        ...
+
     async def add_ban(
         self, guild_id: str, user_id: str, until: datetime, reason: str, by: str, now: datetime
     ) -> Ban: ...

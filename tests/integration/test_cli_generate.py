@@ -16,6 +16,8 @@ from tests.emulators.providers import Error, NBError, ProviderEmulator, make_png
 
 ML_KEY = "ml-KEY-d41d8cd98f00b204"
 NB_KEY = "sk-KEY-e9800998ecf8427e"
+# Discord ids (snowflakes), as the quota commands require.
+GUILD, USER = "418151490012345678", "418151490087654321"
 
 
 @pytest.fixture
@@ -165,7 +167,7 @@ async def test_provider_failure_exits_1_with_one_line_and_refunds(emu, tmp_path)
     emu.script("text2img", Error(http_status=402, message="Insufficient credits"))
     code, stdout, stderr = await run_cli(
         env, "generate", "--mode", "text", "--provider", "modelslab", "--prompt", "x",
-        "--guild", "g1", "--user", "u1", "--out", str(tmp_path / "out"), cwd=tmp_path,
+        "--guild", GUILD, "--user", USER, "--out", str(tmp_path / "out"), cwd=tmp_path,
     )  # fmt: skip
     assert code == 1
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -175,7 +177,7 @@ async def test_provider_failure_exits_1_with_one_line_and_refunds(emu, tmp_path)
     _no_secrets(stdout, stderr)
 
     code, stdout, _ = await run_cli(
-        env, "quota", "show", "--guild", "g1", "--user", "u1", "--json", cwd=tmp_path
+        env, "quota", "show", "--guild", GUILD, "--user", USER, "--json", cwd=tmp_path
     )
     assert code == 0
     shown = json.loads(stdout)
