@@ -217,7 +217,7 @@ class Settings(BaseSettings):
         "about 50 MB each for four 2048² results)",
     )
     image_workers: int = Field(
-        2, ge=1, le=32, description="threads for Pillow work (decode, re-encode, grids)"
+        2, ge=1, le=32, description="threads for image work (libvips: decode, re-encode, grids)"
     )
 
     # --- Storage and quotas --------------------------------------------------

@@ -1,6 +1,15 @@
-"""Pillow decoding, conversion, encoding and shrinking to a byte budget.
+"""libvips decoding, conversion, encoding and shrinking to a byte budget.
 
-Everything here runs on the pool owned by ``ImageProcessor``, never on the event loop.
+Everything here runs on the pool owned by ``ImageProcessor``, never on the event
+loop; libvips releases the GIL while it works, so the pool's threads run in
+parallel. Loads are sequential (rows stream through, nothing is re-read), each
+operation runs on one libvips thread, and nothing is cached between calls: the
+pool's size is the only bound on how many images are in flight.
+
+Pillow is kept for the two things libvips has no equal for, both header-level
+(no pixels decoded): telling an animated PNG (APNG) from a still one, which
+libvips's PNG loader ignores, and checking a PNG's chunk CRCs without inflating
+its pixels (``verify_png``).
 """
 
 from __future__ import annotations
@@ -11,7 +20,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import ExifTags, Image, ImageOps
+import pyvips
+from PIL import Image
 
 from bot.errors import ImageError
 from bot.images.formats import _MIME_OF_FORMAT, _PIL_FORMAT, _megapixels
@@ -22,25 +32,54 @@ _MAX_SHRINK_STEPS = 60
 # least this large, when it says the image is over budget by at least _FAR_OVER:
 # well beyond the estimate's error, so nothing that would have fitted is downscaled.
 _SAMPLE_MIN_PIXELS = 1_000_000
-_SAMPLE_BANDS = 16
+# 8 bands of 16 rows: within 1 % of the full encode of photos here, half the cost of 16.
+_SAMPLE_BANDS = 8
 _SAMPLE_ROWS = 16
 _FAR_OVER = 1.5
 
-# (Pillow format, save() parameters), tried in order; the smallest that fits wins.
+# (format, libvips save options), tried in order; the smallest that fits wins.
 _Profile = tuple[tuple[str, dict[str, Any]], ...]
+# JPEG chroma subsampling stays on at every quality (libvips turns it off from Q 90,
+# which makes a photo a third larger for no difference after re-encoding).
 # References: JPEG is what every provider accepts; q=92 keeps detail the model may copy.
-_REF_OPAQUE: _Profile = (("JPEG", {"quality": 92, "optimize": True}),)
-_REF_ALPHA: _Profile = (("WEBP", {"quality": 90, "method": 4}),)
+_REF_OPAQUE: _Profile = (("JPEG", {"Q": 92, "optimize_coding": True, "subsample_mode": "on"}),)
+_REF_ALPHA: _Profile = (("WEBP", {"Q": 90, "effort": 4}),)
 # Uploads: for photos WebP was never smaller than JPEG here (bench/RESULTS.md) yet
-# took half the fitting time; optimize=True costs a third more for ~2 % in size.
-_UPLOAD_OPAQUE: _Profile = (("JPEG", {"quality": 90}),)
-_UPLOAD_ALPHA: _Profile = (("WEBP", {"quality": 90, "method": 0}),)
-_GRID: _Profile = (("JPEG", {"quality": 85}),)
-_GRID_TINY: _Profile = (("WEBP", {"quality": 85, "method": 0}),)
+# took half the fitting time; optimize_coding costs a third more for ~2 % in size.
+_UPLOAD_OPAQUE: _Profile = (("JPEG", {"Q": 90, "subsample_mode": "on"}),)
+_UPLOAD_ALPHA: _Profile = (("WEBP", {"Q": 90, "effort": 0}),)
+_GRID: _Profile = (("JPEG", {"Q": 85, "subsample_mode": "on"}),)
+_GRID_TINY: _Profile = (("WEBP", {"Q": 85, "effort": 0}),)
 # Downscaling uploads and grids: after JPEG q85-90, bicubic and Lanczos results of a
 # photo differ far less than either differs from its JPEG, and bicubic takes a
 # quarter less time. References keep Lanczos: models copy the finest detail given.
-_UPLOAD_RESAMPLE = Image.Resampling.BICUBIC
+_UPLOAD_RESAMPLE = "cubic"
+_REF_RESAMPLE = "lanczos3"
+
+_LOADERS = {
+    "image/png": pyvips.Image.pngload_source,
+    "image/jpeg": pyvips.Image.jpegload_source,
+    "image/webp": pyvips.Image.webpload_source,
+    "image/gif": pyvips.Image.gifload_source,
+}
+_SAVERS = {"JPEG": "jpegsave_buffer", "WEBP": "webpsave_buffer", "PNG": "pngsave_buffer"}
+# Pillow's PNG defaults (zlib level 6, adaptive filter per row): same sizes as before.
+_PNG_OPTIONS: dict[str, Any] = {"compression": 6, "filter": "all"}
+
+
+def _configure() -> None:
+    # Loaders libvips marks untrusted (e.g. MATLAB, FITS) refused outright, even if
+    # a format ever got past sniffing; no operation cache (it would keep decoded
+    # images of past jobs alive); one libvips thread per operation, so that the
+    # pool alone bounds the CPU and memory images take.
+    pyvips.block_untrusted_set(True)
+    pyvips.cache_set_max(0)
+    pyvips.cache_set_max_mem(0)
+    pyvips.cache_set_max_files(0)
+    pyvips.concurrency_set(1)
+
+
+_configure()
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,41 +90,40 @@ class _Encoded:
     height: int
 
 
-@dataclass(frozen=True, slots=True)
-class _GridLayout:
-    cols: int
-    rows: int
-    cell_w: int
-    cell_h: int
-    gap: int
-
-
 class _CannotFit(Exception):
     """Even a 1x1 image does not fit the byte budget."""
 
 
-def _open_checked(data: bytes, mime: str, max_pixels: int, *, corrupt: str) -> Image.Image:
+def _load(data: bytes, mime: str) -> pyvips.Image:
+    """The sniffed format's own loader, rows streamed, failing on truncation and
+    decoder errors (libvips's default would fill missing rows with grey)."""
+    source = pyvips.Source.new_from_memory(data)
+    return _LOADERS[mime](source, access="sequential", fail_on="error")
+
+
+def _open_checked(data: bytes, mime: str, max_pixels: int, *, corrupt: str) -> pyvips.Image:
     """Open (header only) and refuse anything over ``max_pixels`` before decoding."""
     try:
-        # Restricting to the sniffed format keeps Pillow's other parsers out of reach.
-        im = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[mime]])
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's own guard fires inside open() (the warning only when warnings are
-        # errors), at a limit at least ours: name the size as well as we can.
-        raise ImageError(_too_many_pixels(data, mime, max_pixels)) from exc
-    except Exception as exc:  # Pillow raises many types on hostile input
+        im = _load(data, mime)
+    except pyvips.Error as exc:
+        # libvips refuses sides beyond its own limits at the header: name the
+        # declared size when it is over ours.
+        size = _header_size(data, mime)
+        if size is not None and size[0] * size[1] > max_pixels:
+            raise ImageError(_too_many(size, max_pixels)) from exc
         raise ImageError(corrupt) from exc
-    width, height = im.size
-    if width <= 0 or height <= 0:
-        im.close()
+    if im.width <= 0 or im.height <= 0:
         raise ImageError(corrupt)
-    if width * height > max_pixels:
-        im.close()
-        raise ImageError(
-            f"The image is {width}×{height} pixels; "
-            f"the most allowed is {_megapixels(max_pixels)} megapixels."
-        )
+    if im.width * im.height > max_pixels:
+        raise ImageError(_too_many((im.width, im.height), max_pixels))
     return im
+
+
+def _too_many(size: tuple[int, int], max_pixels: int) -> str:
+    return (
+        f"The image is {size[0]}×{size[1]} pixels; "
+        f"the most allowed is {_megapixels(max_pixels)} megapixels."
+    )
 
 
 def _header_size(data: bytes, mime: str) -> tuple[int, int] | None:
@@ -99,127 +137,140 @@ def _header_size(data: bytes, mime: str) -> tuple[int, int] | None:
     return None
 
 
-def _too_many_pixels(data: bytes, mime: str, max_pixels: int) -> str:
-    allowed = f"the most allowed is {_megapixels(max_pixels)} megapixels."
-    size = _header_size(data, mime)
-    # A GIF frame may be larger than the screen size its header declares.
-    if size is not None and size[0] * size[1] > max_pixels:
-        return f"The image is {size[0]}×{size[1]} pixels; {allowed}"
-    return f"The image is far too large; {allowed}"
-
-
-def _load_checked(im: Image.Image, *, corrupt: str) -> None:
-    """Decode fully (first frame): truncated or corrupt data fails here, not later."""
+def _decoded(im: pyvips.Image, *, corrupt: str) -> pyvips.Image:
+    """All of ``im``'s pixels in memory: truncated or corrupt data fails here."""
     try:
-        im.load()
-    except Exception as exc:  # decoder errors come as OSError, ValueError, ...
+        return im.copy_memory()
+    except pyvips.Error as exc:
         raise ImageError(corrupt) from exc
 
 
-def _verify_checked(im: Image.Image, *, corrupt: str) -> None:
+def _check_decodes(im: pyvips.Image, *, corrupt: str) -> None:
+    """Decode every row and keep none: a check, not a copy."""
     try:
-        im.verify()
+        im.avg()
+    except pyvips.Error as exc:
+        raise ImageError(corrupt) from exc
+
+
+def verify_png(data: bytes, *, corrupt: str) -> None:
+    """Every chunk's CRC, IEND included: catches truncation and corruption without
+    inflating megapixels that fitting may never need. Pillow only: libvips checks
+    CRCs only while it decodes."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
+            im.verify()
     except Exception as exc:  # decoders fail with OSError, SyntaxError, ValueError, ...
         raise ImageError(corrupt) from exc
 
 
-def _orientation(im: Image.Image) -> int:
+def _orientation(im: pyvips.Image) -> int:
     try:
-        value = im.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not cost a good image
+        value = im.get("orientation") if im.get_typeof("orientation") else 1
+    except pyvips.Error:
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _oriented(im: Image.Image) -> Image.Image:
+def _oriented(im: pyvips.Image) -> pyvips.Image:
     if _orientation(im) == 1:
         return im
     try:
-        return ImageOps.exif_transpose(im)
-    except Exception:  # noqa: BLE001 - as above: show it unrotated rather than fail
-        return im
+        return im.autorot()
+    except pyvips.Error:
+        return im  # a broken EXIF block must not cost a good image: show it unrotated
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """8-bit RGB or RGBA, whatever the source mode (CMYK, 16-bit, palette, LA, ...)."""
-    if im.mode in ("RGB", "RGBA"):
-        return im
-    if im.mode.startswith("I"):
-        # 16-bit samples: convert("L") would clip everything above 255 to white.
-        im = im.convert("I").point(lambda v: v / 256).convert("L")
-    elif im.mode == "F":
-        im = im.convert("L")
-    has_alpha = "A" in im.mode or "a" in im.mode or "transparency" in im.info
-    return im.convert("RGBA" if has_alpha else "RGB")
-
-
-def _drop_opaque_alpha(im: Image.Image) -> Image.Image:
-    """An alpha channel that is all 255 only stops us from using JPEG."""
-    if im.mode == "RGBA":
-        low, _high = im.getchannel("A").getextrema()
-        if low == 255:
-            return im.convert("RGB")
+def _to_rgb(im: pyvips.Image) -> pyvips.Image:
+    """8-bit sRGB, with alpha if it has one, whatever the source (CMYK, 16-bit,
+    grey, palette, ...): 16-bit samples are scaled, not clipped."""
+    if im.interpretation != "srgb" or im.format != "uchar" or im.bands not in (3, 4):
+        im = im.colourspace("srgb")
+        if im.format != "uchar":
+            im = im.cast("uchar")
     return im
 
 
-def _encode(im: Image.Image, fmt: str, params: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **params)
-    return buf.getvalue()
+def _drop_opaque_alpha(im: pyvips.Image) -> pyvips.Image:
+    """An alpha channel that is all 255 only stops us from using JPEG."""
+    if im.bands == 4 and im.extract_band(3).min() == 255:
+        return im.extract_band(0, n=3)
+    return im
 
 
-def _estimate_size(im: Image.Image, fmt: str, params: dict[str, Any]) -> int | None:
+def _encode(im: pyvips.Image, fmt: str, params: dict[str, Any]) -> bytes:
+    options = {**_PNG_OPTIONS, **params} if fmt == "PNG" else params
+    data: bytes = getattr(im, _SAVERS[fmt])(keep="none", **options)
+    return data
+
+
+def _resize(im: pyvips.Image, size: tuple[int, int], kernel: str) -> pyvips.Image:
+    """``im`` at exactly ``size``, in memory (later steps read it more than once)."""
+    scaled = im.resize(size[0] / im.width, vscale=size[1] / im.height, kernel=kernel)
+    return scaled.copy_memory()
+
+
+def _estimate_size(im: pyvips.Image, fmt: str, params: dict[str, Any]) -> int | None:
     """What encoding all of ``im`` would take, from encoding evenly spread bands of
     rows; None when ``im`` is too small for a sample to be much cheaper.
 
-    With fixed Huffman tables (no ``optimize``) a JPEG's size is the sum of its
-    MCU rows', so a stratified sample of rows estimates it closely; WebP and PNG
-    compress mostly within a few rows, which a band of 16 keeps.
+    With fixed Huffman tables (no ``optimize_coding``) a JPEG's size is the sum of
+    its MCU rows', so a stratified sample of rows estimates it closely; WebP and
+    PNG compress mostly within a few rows, which a band of 16 keeps.
     """
     rows = _SAMPLE_BANDS * _SAMPLE_ROWS
     if im.width * im.height < _SAMPLE_MIN_PIXELS or im.height < 4 * rows:
         return None
-    sample = Image.new(im.mode, (im.width, rows))
+    bands = []
     for band in range(_SAMPLE_BANDS):
         # Starts on MCU rows (16 for 4:2:0 JPEG), as in the full encode.
         top = band * im.height // _SAMPLE_BANDS // _SAMPLE_ROWS * _SAMPLE_ROWS
-        sample.paste(im.crop((0, top, im.width, top + _SAMPLE_ROWS)), (0, band * _SAMPLE_ROWS))
-    return len(_encode(sample, fmt, params)) * im.height // rows
+        bands.append(im.crop(0, top, im.width, _SAMPLE_ROWS))
+    sample = pyvips.Image.arrayjoin(bands, across=1)
+    return int(len(_encode(sample, fmt, params)) * im.height // rows)
 
 
 def _shrink_to_fit(
-    im: Image.Image,
+    im: pyvips.Image,
     max_bytes: int,
     *,
     opaque: _Profile,
     alpha: _Profile,
-    resample: Image.Resampling = Image.Resampling.LANCZOS,
+    resample: str = _REF_RESAMPLE,
+    estimate: bool = True,
 ) -> _Encoded:
     """Re-encode, then downscale step by step, until the smallest candidate fits."""
-    return _shrink(im, max_bytes, opaque=opaque, alpha=alpha, resample=resample)[0]
+    return _shrink(im, max_bytes, opaque=opaque, alpha=alpha, resample=resample, estimate=estimate)[
+        0
+    ]
 
 
 def _shrink(
-    im: Image.Image,
+    im: pyvips.Image,
     max_bytes: int,
     *,
     opaque: _Profile,
     alpha: _Profile,
-    resample: Image.Resampling,
+    resample: str,
     downscale: bool = True,
-) -> tuple[_Encoded, Image.Image]:
+    estimate: bool = True,
+) -> tuple[_Encoded, pyvips.Image]:
     """``_shrink_to_fit``, and the pixels it encoded: ``im`` or a downscale of it.
-    Without ``downscale``, _CannotFit as soon as full size does not fit."""
+    Without ``downscale``, _CannotFit as soon as full size does not fit; without
+    ``estimate``, the first trial is a full encode (for images that usually fit).
+    ``im`` must be in memory: it is read once per trial."""
     im = _drop_opaque_alpha(_to_rgb(im))
-    profile = alpha if im.mode == "RGBA" else opaque
+    profile = alpha if im.bands == 4 else opaque
     current = im
     for step in range(_MAX_SHRINK_STEPS):
         usable = tuple(
             (fmt, params)
             for fmt, params in profile
-            if fmt != "WEBP" or max(current.size) <= WEBP_MAX_SIDE
+            if fmt != "WEBP" or max(current.width, current.height) <= WEBP_MAX_SIDE
         ) or (("PNG", {}),)
-        size, fmt = _far_over(current, usable, max_bytes) if step == 0 else (None, "")
+        size, fmt = (None, "")
+        if step == 0 and estimate:
+            size, fmt = _far_over(current, usable, max_bytes)
         if size is None:
             encoded = [(_encode(current, fmt, params), fmt) for fmt, params in usable]
             encoded.sort(key=lambda item: len(item[0]))  # stable: ties keep profile order
@@ -231,17 +282,17 @@ def _shrink(
         if fmt != "PNG":
             # Later rounds only try the codec that did best: halves the encode time.
             profile = tuple(item for item in usable if item[0] == fmt)
-        if current.size == (1, 1) or not downscale:
+        if (current.width, current.height) == (1, 1) or not downscale:
             break
         # Bytes scale roughly with pixel count; aim a little under.
         scale = min(0.9, max(0.05, math.sqrt(max_bytes / size) * 0.95))
         new_size = (max(1, int(current.width * scale)), max(1, int(current.height * scale)))
         # Always resample from the full image: repeated resampling compounds blur.
-        current = im.resize(new_size, resample, reducing_gap=3.0)
+        current = _resize(im, new_size, resample)
     raise _CannotFit
 
 
-def _far_over(im: Image.Image, usable: _Profile, max_bytes: int) -> tuple[int | None, str]:
+def _far_over(im: pyvips.Image, usable: _Profile, max_bytes: int) -> tuple[int | None, str]:
     """(estimated size, format) of the best candidate when a sample says even that
     is far over ``max_bytes``, else (None, ""): a full-size trial encode of a large
     image costs about a third of its decode, only to learn it must be downscaled."""
@@ -259,22 +310,47 @@ def _fit_size(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
-def _thumbnail(im: Image.Image, box: tuple[int, int], *, prescaled: bool = False) -> Image.Image:
-    size = _fit_size(im.size, box)
-    if size == im.size:
-        return im.copy()
-    if prescaled:
-        # ``im`` is already a filtered downscale: a bilinear pass over it comes out
-        # about as close to a Lanczos thumbnail of the original as the box-averaging
-        # shortcut below (closer for photos and text), in less time.
-        return im.resize(size, Image.Resampling.BILINEAR)
-    # reducing_gap=1.0 box-averages by an integer factor first: a third of the time
-    # of a full Lanczos pass, with no visible difference at preview size.
-    return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=1.0)
+def _thumbnail(im: pyvips.Image, box: tuple[int, int], *, prescaled: bool = False) -> pyvips.Image:
+    """``im`` fitted into ``box``, in memory: a lazy one would keep its source alive."""
+    size = _fit_size((im.width, im.height), box)
+    if size == (im.width, im.height):
+        return im.copy_memory()
+    # ``im`` already a filtered downscale: a bilinear pass over it comes out about as
+    # close to a Lanczos thumbnail of the original, in less time.
+    return _resize(im, size, "linear" if prescaled else "lanczos3")
 
 
-def _is_animated(im: Image.Image) -> bool:
+def _thumbnail_of(data: bytes, mime: str, box: tuple[int, int]) -> pyvips.Image:
+    """A thumbnail straight from encoded bytes: JPEG and WebP decode at a reduced
+    scale, PNG rows are shrunk as they stream in; the full image never sits in memory."""
+    size = _fit_size(_displayed_size(_load(data, mime)), box)
+    thumb = pyvips.Image.thumbnail_source(
+        pyvips.Source.new_from_memory(data),
+        size[0],
+        height=size[1],
+        size="force",
+        option_string="fail_on=error",
+    )
+    return _to_rgb(thumb).copy_memory()
+
+
+def _displayed_size(im: pyvips.Image) -> tuple[int, int]:
+    if _orientation(im) in (5, 6, 7, 8):
+        return im.height, im.width
+    return im.width, im.height
+
+
+def _is_animated(im: pyvips.Image, data: bytes, mime: str) -> bool:
+    """More than one frame. libvips counts GIF and WebP frames; APNG only Pillow
+    knows (from the header: no frame is decoded)."""
+    if mime == "image/png":
+        try:
+            with Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[mime]]) as pil:
+                return bool(getattr(pil, "is_animated", False))
+        except Exception:  # noqa: BLE001 - libvips read it: treat it as a still
+            return False
     try:
-        return bool(getattr(im, "is_animated", False))
-    except Exception:  # noqa: BLE001 - a damaged later frame: the first one still counts
+        pages = im.get("n-pages") if im.get_typeof("n-pages") else 1
+    except pyvips.Error:
         return False
+    return isinstance(pages, int) and pages > 1

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import Image
+import pyvips
 
 from bot.errors import DeliveryError
 from bot.images.codec import (
@@ -20,16 +19,17 @@ from bot.images.codec import (
     _encode,
     _Encoded,
     _fit_size,
+    _load,
     _oriented,
     _shrink,
     _shrink_to_fit,
     _thumbnail,
+    _thumbnail_of,
     _to_rgb,
 )
 from bot.images.formats import (
     _EXT,
     _MIME_OF_FORMAT,
-    _PIL_FORMAT,
     SUPPORTED,
     _human_bytes,
     sniff_mime,
@@ -80,14 +80,11 @@ def _original_file(image: ResultImage, number: int) -> UploadFile:
     )
 
 
-def _open_result(image: ResultImage) -> Image.Image:
+def _result_mime(image: ResultImage) -> str:
     mime = image.mime if image.mime in SUPPORTED else sniff_mime(image.data)
     if mime is None or mime not in SUPPORTED:
         raise DeliveryError("A result image could not be read for upload.")
-    try:
-        return Image.open(io.BytesIO(image.data), formats=[_PIL_FORMAT[mime]])
-    except Exception as exc:  # results were validated; this is a bug or bit rot
-        raise DeliveryError("A result image could not be read for upload.") from exc
+    return mime
 
 
 def _prepare_upload(
@@ -96,48 +93,48 @@ def _prepare_upload(
     max_bytes: int,
     box: tuple[int, int] | None,
     keep_size: bool = False,
-) -> tuple[UploadFile, Image.Image | None] | None:
+) -> tuple[UploadFile, pyvips.Image | None] | None:
     """One decode per image serves both its grid cell and, if needed, its re-encode.
     With ``keep_size``, None when only a downscale would fit ``max_bytes`` (not an
     exception: its traceback would keep the decoded pixels alive until a collection)."""
     fits = len(image.data) <= max_bytes
     if fits and box is None:
         return _original_file(image, number), None
-    with _open_result(image) as im:
-        if fits and box is not None and im.format == "JPEG":
-            # Only a thumbnail is needed: let libjpeg decode at 1/2..1/8 scale.
-            im.draft("RGB", (max(box), max(box)))
-        try:
-            im.load()
-        except Exception as exc:  # see _open_result
-            raise DeliveryError("A result image could not be read for upload.") from exc
-        rgb = _to_rgb(_oriented(im))
+    mime = _result_mime(image)
+    try:
         if fits:
-            return _original_file(image, number), _thumbnail(rgb, box) if box is not None else None
-        try:
-            enc, fitted = _shrink(
-                rgb,
-                max_bytes,
-                opaque=_UPLOAD_OPAQUE,
-                alpha=_UPLOAD_ALPHA,
-                resample=_UPLOAD_RESAMPLE,
-                downscale=not keep_size,
-            )
-        except _CannotFit:
-            if keep_size:
-                return None
-            raise DeliveryError(
-                f"The images could not be made smaller than {_human_bytes(max_bytes)} "
-                "to upload them."
-            ) from None
-        thumb = None
-        if box is not None:
-            cell = _fit_size(rgb.size, box)
-            # A downscale still at least cell-sized is a cheaper source than the original.
-            prescaled = (
-                fitted.size != rgb.size and fitted.width >= cell[0] and fitted.height >= cell[1]
-            )
-            thumb = _thumbnail(fitted if prescaled else rgb, box, prescaled=prescaled)
+            # Only a thumbnail is needed: shrunk while it loads, never held whole.
+            assert box is not None
+            return _original_file(image, number), _thumbnail_of(image.data, mime, box)
+        rgb = _to_rgb(_oriented(_load(image.data, mime).copy_memory()))
+    except pyvips.Error as exc:  # results were validated; this is a bug or bit rot
+        raise DeliveryError("A result image could not be read for upload.") from exc
+    try:
+        enc, fitted = _shrink(
+            rgb,
+            max_bytes,
+            opaque=_UPLOAD_OPAQUE,
+            alpha=_UPLOAD_ALPHA,
+            resample=_UPLOAD_RESAMPLE,
+            downscale=not keep_size,
+        )
+    except _CannotFit:
+        if keep_size:
+            return None
+        raise DeliveryError(
+            f"The images could not be made smaller than {_human_bytes(max_bytes)} to upload them."
+        ) from None
+    thumb = None
+    if box is not None:
+        full = (rgb.width, rgb.height)
+        cell = _fit_size(full, box)
+        # A downscale still at least cell-sized is a cheaper source than the original.
+        prescaled = (
+            (fitted.width, fitted.height) != full
+            and fitted.width >= cell[0]
+            and fitted.height >= cell[1]
+        )
+        thumb = _thumbnail(fitted if prescaled else rgb, box, prescaled=prescaled)
     upload = UploadFile(
         filename=f"image_{number}.{_EXT[enc.mime]}",
         data=enc.data,
@@ -146,6 +143,11 @@ def _prepare_upload(
         height=enc.height,
     )
     return upload, thumb
+
+
+def _canvas(size: tuple[int, int], colour: tuple[int, int, int]) -> pyvips.Image:
+    plain = pyvips.Image.black(size[0], size[1]).new_from_image(list(colour))
+    return plain.copy(interpretation="srgb")
 
 
 def _grid_layout(images: Sequence[ResultImage], max_side: int) -> _GridLayout:
@@ -167,31 +169,42 @@ def _grid_layout(images: Sequence[ResultImage], max_side: int) -> _GridLayout:
     )
 
 
-def _grid_thumbnail(image: ResultImage, box: tuple[int, int]) -> Image.Image:
+def _grid_thumbnail(image: ResultImage, box: tuple[int, int]) -> pyvips.Image:
     prepared = _prepare_upload(image, 1, len(image.data), box)
     assert prepared is not None  # the image fits its own size: nothing to give up
-    return prepared[1] or Image.new("RGB", box)
+    return prepared[1] or _canvas(box, (0, 0, 0))
 
 
 def _compose_grid(
-    thumbs: Sequence[Image.Image], layout: _GridLayout, max_bytes: int | None
+    thumbs: Sequence[pyvips.Image], layout: _GridLayout, max_bytes: int | None
 ) -> UploadFile:
     width = layout.cols * layout.cell_w + (layout.cols - 1) * layout.gap
     height = layout.rows * layout.cell_h + (layout.rows - 1) * layout.gap
-    canvas = Image.new("RGB", (width, height), _GRID_BACKGROUND)
+    canvas = _canvas((width, height), _GRID_BACKGROUND)
     for index, thumb in enumerate(thumbs):
         row, col = divmod(index, layout.cols)
         x = col * (layout.cell_w + layout.gap) + (layout.cell_w - thumb.width) // 2
         y = row * (layout.cell_h + layout.gap) + (layout.cell_h - thumb.height) // 2
-        canvas.paste(thumb, (x, y), thumb if thumb.mode == "RGBA" else None)
+        if thumb.bands == 4:
+            thumb = thumb.flatten(background=list(_GRID_BACKGROUND)).cast("uchar")
+        canvas = canvas.insert(thumb, x, y)
+    # In memory: fitting encodes it more than once.
+    canvas = canvas.copy_memory()
     if max_bytes is None:
         fmt, params = _GRID[0]
         enc = _Encoded(_encode(canvas, fmt, params), _MIME_OF_FORMAT[fmt], width, height)
     else:
         try:
             try:
+                # The grid takes the room samples leave: it nearly always fits as
+                # it is, and a size estimate would only cost time to say so.
                 enc = _shrink_to_fit(
-                    canvas, max_bytes, opaque=_GRID, alpha=_GRID, resample=_UPLOAD_RESAMPLE
+                    canvas,
+                    max_bytes,
+                    opaque=_GRID,
+                    alpha=_GRID,
+                    resample=_UPLOAD_RESAMPLE,
+                    estimate=False,
                 )
             except _CannotFit:
                 # JPEG headers alone are a few hundred bytes; WebP goes smaller.

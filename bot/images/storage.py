@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import io
 import logging
 import os
 import re
@@ -15,10 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image
+import pyvips
 
 from bot.errors import DeliveryError
-from bot.images.formats import _EXT, _PIL_FORMAT
+from bot.images.codec import _load
+from bot.images.formats import _EXT
 from bot.models import ResultImage
 
 if TYPE_CHECKING:
@@ -112,9 +112,9 @@ class ImageStore:
                 continue
             try:
                 # Header only: the bytes were validated before they were saved.
-                with Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[mime]]) as im:
-                    width, height = im.size
-            except Exception:  # noqa: BLE001 - a damaged file reads as missing
+                im = _load(data, mime)
+                width, height = im.width, im.height
+            except pyvips.Error:  # a damaged file reads as missing
                 log.warning("stored image %s is unreadable", path)
                 return None
             return ResultImage(data=data, mime=mime, width=width, height=height, path=str(path))

@@ -4,32 +4,32 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import logging
 import re
 
-from PIL import Image
+import pyvips
 
 from bot.errors import ImageError
 from bot.images.codec import (
     _REF_ALPHA,
     _REF_OPAQUE,
     _CannotFit,
+    _check_decodes,
+    _decoded,
+    _displayed_size,
     _drop_opaque_alpha,
     _encode,
     _Encoded,
     _is_animated,
-    _load_checked,
+    _load,
     _open_checked,
-    _orientation,
     _oriented,
     _shrink_to_fit,
     _to_rgb,
-    _verify_checked,
+    verify_png,
 )
 from bot.images.formats import (
     _EXT,
-    _PIL_FORMAT,
     CORRUPT,
     RESULT_UNREADABLE,
     SUPPORTED,
@@ -46,42 +46,36 @@ def _load_reference(
     data: bytes, mime: str, filename: str, url: str | None, max_pixels: int
 ) -> ReferenceImage:
     im = _open_checked(data, mime, max_pixels, corrupt=CORRUPT)
-    with im:
-        _load_checked(im, corrupt=CORRUPT)
-        # MPO (multi-picture JPEG) also counts as animated; its first picture is a
-        # plain JPEG every reader understands, so only PNG/WebP animations are
-        # flattened. GIFs always are; asking them would parse the next frame.
-        if mime == "image/gif" or (mime != "image/jpeg" and _is_animated(im)):
-            # Providers take stills: keep the first frame, losslessly.
-            frame = _to_rgb(_oriented(im))
-            png = _encode(frame, "PNG", {})
-            return ReferenceImage(
-                data=png,
-                mime="image/png",
-                width=frame.width,
-                height=frame.height,
-                url=url,
-                filename=_with_ext(filename, "png"),
-            )
-        width, height = im.size
-        if _orientation(im) in (5, 6, 7, 8):
-            # Report the size as displayed: aspect-ratio choices follow what people see.
-            width, height = height, width
+    # MPO (multi-picture JPEG) also counts as animated; its first picture is a
+    # plain JPEG every reader understands, so only PNG/WebP animations are
+    # flattened. GIFs always are.
+    if mime == "image/gif" or (mime != "image/jpeg" and _is_animated(im, data, mime)):
+        # Providers take stills: keep the first frame, losslessly.
+        frame = _to_rgb(_oriented(_decoded(im, corrupt=CORRUPT)))
+        png = _encode(frame, "PNG", {})
         return ReferenceImage(
-            data=data,
-            mime=mime,
-            width=width,
-            height=height,
+            data=png,
+            mime="image/png",
+            width=frame.width,
+            height=frame.height,
             url=url,
-            filename=_with_ext(filename, _EXT[mime]),
+            filename=_with_ext(filename, "png"),
         )
+    _check_decodes(im, corrupt=CORRUPT)
+    # Report the size as displayed: aspect-ratio choices follow what people see.
+    width, height = _displayed_size(im)
+    return ReferenceImage(
+        data=data,
+        mime=mime,
+        width=width,
+        height=height,
+        url=url,
+        filename=_with_ext(filename, _EXT[mime]),
+    )
 
 
-def _decoded_rgb(data: bytes, mime: str, max_pixels: int, *, corrupt: str) -> Image.Image:
-    im = _open_checked(data, mime, max_pixels, corrupt=corrupt)
-    # Not closed on purpose: close() would discard the pixels _to_rgb may hand back
-    # as-is, and a BytesIO holds no OS resource, so keeping it open saves a copy.
-    _load_checked(im, corrupt=corrupt)
+def _decoded_rgb(data: bytes, mime: str, max_pixels: int, *, corrupt: str) -> pyvips.Image:
+    im = _decoded(_open_checked(data, mime, max_pixels, corrupt=corrupt), corrupt=corrupt)
     return _to_rgb(_oriented(im))
 
 
@@ -99,21 +93,15 @@ def _fit_reference(data: bytes, mime: str, max_bytes: int, max_pixels: int) -> _
         ) from None
 
 
-# Modes every provider's decoder handles; CMYK, 16-bit, float, YCbCr and LAB are
-# converted before an upload rather than left to a decoder we cannot see.
-_PLAIN_MODES = frozenset({"RGB", "RGBA", "L", "LA", "P", "1"})
-
-
 def _is_plain(data: bytes, mime: str) -> bool:
-    """8 bits per channel in a common mode (header only, no decoding)."""
-    if mime == "image/png" and data[12:16] == b"IHDR" and len(data) > 24 and data[24] == 16:
-        # Pillow reports 48- and 64-bit PNGs as RGB(A): only the header tells.
-        return False
+    """8 bits per channel, RGB or grey, with or without alpha (header only): what
+    every provider's decoder handles. CMYK, 16-bit and the rest are converted
+    before an upload rather than left to a decoder we cannot see."""
     try:
-        with Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[mime]]) as im:
-            return im.mode in _PLAIN_MODES
-    except Exception:  # noqa: BLE001 - _fit_reference then reports the damage properly
-        return False
+        im = _load(data, mime)
+    except pyvips.Error:
+        return False  # _fit_reference then reports the damage properly
+    return bool(im.format == "uchar" and im.interpretation in ("srgb", "b-w"))
 
 
 def _to_png(data: bytes, mime: str, max_pixels: int) -> _Encoded:
@@ -154,12 +142,10 @@ def _decode_result(data: bytes, source_url: str | None, max_pixels: int) -> Resu
         log.debug("result body is %s, not a supported image", mime or "unrecognised")
         raise ImageError(RESULT_UNREADABLE)
     im = _open_checked(data, mime, max_pixels, corrupt=RESULT_UNREADABLE)
-    with im:
-        width, height = im.size
-        if mime == "image/png":
-            # Every chunk's CRC, IEND included, catches truncation and corruption
-            # without inflating megapixels that fitting may never need.
-            _verify_checked(im, corrupt=RESULT_UNREADABLE)
-        else:
-            _load_checked(im, corrupt=RESULT_UNREADABLE)
-    return ResultImage(data=data, mime=mime, width=width, height=height, source_url=source_url)
+    if mime == "image/png":
+        verify_png(data, corrupt=RESULT_UNREADABLE)
+    else:
+        _check_decodes(im, corrupt=RESULT_UNREADABLE)
+    return ResultImage(
+        data=data, mime=mime, width=im.width, height=im.height, source_url=source_url
+    )

@@ -12,12 +12,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import pyvips
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from bot.errors import ImageError
-from bot.images import CORRUPT, EMPTY_FILE, ImageProcessor, too_large_message
+from bot.images import (
+    CORRUPT,
+    EMPTY_FILE,
+    RESULT_UNREADABLE,
+    ImageProcessor,
+    too_large_message,
+)
 
 MIB = 1024 * 1024
 PROPERTY = settings(
@@ -209,3 +216,25 @@ async def test_plain_images_that_fit_are_uploaded_untouched(processor: ImageProc
         data = encode(noise((40, 30), mode, 1), "PNG")
         ref = await processor.load_reference(data)
         assert (await processor.fit_reference(ref, 2_500_000)).data == data, mode
+
+
+def test_libvips_guards_are_on(processor: ImageProcessor) -> None:
+    """libvips's own limits back up the sniffing: loaders it marks untrusted are
+    refused even if one were reached, and no decoded image outlives its job in
+    its operation cache."""
+    with pytest.raises(pyvips.Error, match="blocked"):
+        pyvips.Image.vipsload_source(pyvips.Source.new_from_memory(b"\x08\xf2\xa6\xb6"))
+    assert pyvips.cache_get_max() == 0
+    assert pyvips.cache_get_max_mem() == 0
+
+
+async def test_truncated_rows_are_not_filled_in(processor: ImageProcessor) -> None:
+    """libvips would paint the rows a cut-off file lacks grey; here they are refused."""
+    for fmt in ("PNG", "JPEG", "WEBP", "GIF"):
+        data = encode(noise((300, 300), "RGB", 3), fmt)
+        with pytest.raises(ImageError) as info:
+            await processor.load_reference(data[: len(data) * 3 // 4])
+        assert info.value.user_message == CORRUPT, fmt
+        with pytest.raises(ImageError) as info:
+            await processor.decode_result(data[: len(data) * 3 // 4])
+        assert info.value.user_message == RESULT_UNREADABLE, fmt

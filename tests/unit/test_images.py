@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import pyvips
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
@@ -446,18 +447,18 @@ def record_work(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
     encoded: list[Any] = []
     resized: list[Any] = []
     real_encode = images_module._encode
-    real_resize = Image.Image.resize
+    real_resize = images_module._resize
 
-    def spy_encode(im: Image.Image, fmt: str, params: dict[str, Any]) -> bytes:
-        encoded.append(im.size)
+    def spy_encode(im: pyvips.Image, fmt: str, params: dict[str, Any]) -> bytes:
+        encoded.append((im.width, im.height))
         return real_encode(im, fmt, params)
 
-    def spy_resize(self: Image.Image, size: Any, *args: Any, **kwargs: Any) -> Image.Image:
-        resized.append((self.size, tuple(size)))
-        return real_resize(self, size, *args, **kwargs)
+    def spy_resize(im: pyvips.Image, size: tuple[int, int], kernel: str) -> pyvips.Image:
+        resized.append(((im.width, im.height), tuple(size)))
+        return real_resize(im, size, kernel)
 
     monkeypatch.setattr(images_module, "_encode", spy_encode)
-    monkeypatch.setattr(Image.Image, "resize", spy_resize)
+    monkeypatch.setattr(images_module, "_resize", spy_resize)
     return encoded, resized
 
 
@@ -487,16 +488,21 @@ async def test_image_that_fits_once_re_encoded_keeps_its_size(
 
 
 def test_size_estimate_tracks_the_full_encode() -> None:
-    photo = Image.open(io.BytesIO(photo_png(3, side=1024))).convert("RGB")
+    def vips(im: Image.Image) -> pyvips.Image:
+        return pyvips.Image.new_from_buffer(encode(im, "PNG"), "").copy_memory()
+
+    photo = pyvips.Image.new_from_buffer(photo_png(3, side=1024), "").copy_memory()
     half = Image.new("RGB", (1024, 1024), (90, 100, 110))
     half.paste(noise((1024, 512), seed=22))
-    for im in (photo, half, noise((1200, 1100), seed=23)):
-        for fmt, params in (("JPEG", {"quality": 90}), ("WEBP", {"quality": 90, "method": 0})):
+    for im in (photo, vips(half), vips(noise((1200, 1100), seed=23))):
+        for fmt, params in images_module._UPLOAD_OPAQUE + images_module._UPLOAD_ALPHA:
             estimate = images_module._estimate_size(im, fmt, params)
             assert estimate is not None
-            assert estimate == pytest.approx(len(encode(im, fmt, **params)), rel=0.15)
+            full = len(images_module._encode(im, fmt, params))
+            assert estimate == pytest.approx(full, rel=0.15)
     # Too small for a sample to save anything: the caller encodes it all instead.
-    assert images_module._estimate_size(noise((500, 500)), "JPEG", {"quality": 90}) is None
+    small = vips(noise((500, 500)))
+    assert images_module._estimate_size(small, *images_module._UPLOAD_OPAQUE[0]) is None
 
 
 async def test_grid_keeps_its_size_in_room_the_samples_leave(processor: ImageProcessor) -> None:
