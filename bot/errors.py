@@ -147,3 +147,7 @@ class QuotaRefused(UserError):
         self.limit = limit
         self.remaining = remaining
         self.resets_at = resets_at
+
+
+class JobCancelled(BotError):
+    """The requester or a moderator cancelled the job before it delivered."""

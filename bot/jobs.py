@@ -25,6 +25,7 @@ from bot.errors import (
     BotError,
     DeliveryError,
     ImageError,
+    JobCancelled,
     JobDeadlineExceeded,
     JobNotResumable,
     ProviderBadResponse,
@@ -232,6 +233,10 @@ class Pipeline:
     _in_image_phase: set[str] = field(default_factory=set)
     # Originals being written to disk, by job (see _keep).
     _saving: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
+    # Jobs that may still be cancelled (queued, submitting, polling), by the task
+    # running them; a job leaves when its images start downloading.
+    _cancellable: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    _cancelled_by: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._image_phase = asyncio.Semaphore(self.settings.image_jobs)
@@ -362,6 +367,35 @@ class Pipeline:
 
         return await self._run_reserved(job, reservation, delivery, produce)
 
+    def cancel(self, job_id: str, by: str) -> bool:
+        """Stop a job that is queued or with its provider; it is refunded and its
+        requester told. False when it is not running here or already delivering."""
+        task = self._cancellable.get(job_id)
+        if task is None or job_id in self._cancelled_by:
+            return False
+        self._cancelled_by[job_id] = by
+        task.cancel()
+        return True
+
+    async def _until_cancelled(
+        self, job: Job, produce: Callable[[], Awaitable[JobResult]]
+    ) -> JobResult:
+        """Run ``produce`` so that ``cancel`` can stop it; a cancel becomes JobCancelled."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._cancellable[job.id] = task
+        try:
+            return await produce()
+        except asyncio.CancelledError:
+            by = self._cancelled_by.get(job.id)
+            if by is None:
+                raise  # shutdown or the caller: not ours to swallow
+            task.uncancel()
+            raise JobCancelled(f"Cancelled by {by}; nothing was charged.") from None
+        finally:
+            self._cancellable.pop(job.id, None)
+            self._cancelled_by.pop(job.id, None)
+
     def hand_over(self) -> None:
         """Shutting down: jobs cancelled from now on whose provider job is known are
         left for the next start to resume instead of being refunded."""
@@ -383,7 +417,7 @@ class Pipeline:
         produce: Callable[[], Awaitable[JobResult]],
     ) -> JobOutcome:
         try:
-            result = await produce()
+            result = await self._until_cancelled(job, produce)
             charged = min(result.credits_charged, reservation.cost)
             result = replace(
                 result,
@@ -538,6 +572,8 @@ class Pipeline:
         output: ProviderOutput,
         delivery: Delivery,
     ) -> JobResult:
+        # The provider has made the images: from here on the job finishes.
+        self._cancellable.pop(job.id, None)
         if job.id not in self._in_image_phase:  # a failover's second try holds it already
             await self._image_phase.acquire()
             self._in_image_phase.add(job.id)

@@ -60,6 +60,7 @@ class JobRecord:
     provider_job_id: str | None = None
     provider_fetch_url: str | None = None
     outputs: tuple[str, ...] = ()
+    model: str | None = None  # the model that made the images, once delivered
 
     def image(self, index: int) -> StoredImage | None:
         return next((image for image in self.images if image.index == index), None)
@@ -293,15 +294,17 @@ class JobStore:
         seed: int | None,
         images: Sequence[StoredImage],
         message_id: str | None,
+        model: str | None = None,
     ) -> None:
         await self._db.execute(
             "UPDATE jobs SET status = 'delivered', charged = ?, seed = ?, images_json = ?,"
-            " message_id = ?, updated_at = ? WHERE id = ?",
+            " message_id = ?, model = ?, updated_at = ? WHERE id = ?",
             (
                 charged,
                 seed,
                 json.dumps([_image_to_dict(image) for image in images]),
                 message_id,
+                model,
                 _now(),
                 job_id,
             ),
@@ -359,7 +362,7 @@ class JobStore:
 _RECORD_COLUMNS = (
     "id, guild_id, channel_id, user_id, provider, request_json, status, cost, charged, seed,"
     " images_json, message_id, created_at, reservation_json, provider_job_id,"
-    " provider_fetch_url, outputs_json"
+    " provider_fetch_url, outputs_json, model"
 )
 
 
@@ -383,6 +386,7 @@ def _record(row: Sequence[Any]) -> JobRecord:
         provider_job_id=row[14],
         provider_fetch_url=row[15],
         outputs=tuple(json.loads(row[16] or "[]")),
+        model=row[17],
     )
 
 

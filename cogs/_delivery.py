@@ -22,7 +22,7 @@ from bot.jobs import Job, JobResult
 from bot.jobstore import StoredImage
 from bot.models import Mode, Progress, ResultImage, Stage
 from cogs._upload_buffer import DiscordUpload
-from cogs._views import result_view
+from cogs._views import progress_view, result_view
 
 if TYPE_CHECKING:
     from bot.app import ImageBot
@@ -33,6 +33,7 @@ NO_MENTIONS = discord.AllowedMentions.none()
 TITLES = {Mode.TEXT: "Imagine", Mode.EDIT: "Edit", Mode.BLEND: "Blend"}
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's lowest tier, when the guild is unknown
 UPLOAD_ATTEMPTS = 3
+CANCELLABLE = (Stage.QUEUED, Stage.SUBMITTING, Stage.PROCESSING)
 
 
 def _too_large(exc: discord.HTTPException) -> bool:
@@ -155,7 +156,11 @@ class DiscordDelivery:
         if self.interaction is None or self._expiring():
             return  # progress is a courtesy; never spend a channel message on it
         self._last_edit, self._last_text = now, text
-        await self.interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+        # Cancel is offered while the job waits or the provider works, not after.
+        view = progress_view(job.id) if progress.stage in CANCELLABLE else None
+        await self.interaction.edit_original_response(
+            content=text, view=view, allowed_mentions=NO_MENTIONS
+        )
 
     async def deliver(self, job: Job, result: JobResult) -> None:
         limit = self._upload_limit()
@@ -182,6 +187,7 @@ class DiscordDelivery:
             seed=result.seed,
             images=self._stored_images(result),
             message_id=str(message.id),
+            model=result.model,
         )
 
     async def _send_plan(self, job: Job, result: JobResult, plan: list[list[UploadFile]]) -> None:

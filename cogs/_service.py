@@ -23,6 +23,7 @@ from bot.jobstore import JobRecord, StoredImage
 from bot.memberstore import MemberStore
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
 from cogs._delivery import NO_MENTIONS, DiscordDelivery, to_files
+from cogs._info import info_embed
 
 if TYPE_CHECKING:
     from bot.app import ImageBot
@@ -320,6 +321,27 @@ class GenerationService:
             content=f"Image {n} at full size ({image.width}×{image.height}).",
             attachments=to_files(plan[0]),
             allowed_mentions=NO_MENTIONS,
+        )
+
+    async def cancel(self, interaction: discord.Interaction[ImageBot], job_id: str) -> None:
+        record = await self.record_for(interaction, job_id)
+        if record.user_id != str(interaction.user.id) and not is_moderator(interaction):
+            raise UserError(
+                "Only the person who asked for this image or a moderator can cancel it."
+            )
+        if self.bot.runtime.pipeline.cancel(job_id, by=interaction.user.mention):
+            text = "Cancelled: the job stops now and its credits are refunded."
+        elif record.status in ("delivered", "failed"):
+            text = "This job has already ended."
+        else:
+            text = "Too late to cancel: the images are already on their way."
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    async def info(self, interaction: discord.Interaction[ImageBot], job_id: str) -> None:
+        record = await self.record_for(interaction, job_id)
+        default = self.bot.settings.modelslab_model_id if record.provider == "modelslab" else None
+        await interaction.response.send_message(
+            embed=info_embed(record, default), ephemeral=True, allowed_mentions=NO_MENTIONS
         )
 
     async def delete(self, interaction: discord.Interaction[ImageBot], job_id: str) -> None:

@@ -13,7 +13,9 @@ from typing import Any
 
 import discord
 
-CUSTOM_ID = re.compile(r"ib:(?P<action>reroll|up|var|edit|del):(?P<job>[0-9a-f]{32}):(?P<n>[0-9])")
+CUSTOM_ID = re.compile(
+    r"ib:(?P<action>reroll|up|var|edit|del|info|cancel):(?P<job>[0-9a-f]{32}):(?P<n>[0-9])"
+)
 
 GENERATION_COG = "Generation"
 
@@ -79,9 +81,16 @@ def result_view(job_id: str, count: int, *, can_vary: bool) -> discord.ui.View:
     )
     if can_vary:
         view.add_item(JobButton("edit", job_id, label="Edit", emoji="✏️", row=2))
+    view.add_item(JobButton("info", job_id, label="Info", emoji="ℹ️", row=2))
     view.add_item(
         JobButton("del", job_id, label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger, row=2)
     )
+    return view
+
+
+def progress_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(JobButton("cancel", job_id, label="Cancel", emoji="✖️"))
     return view
 
 

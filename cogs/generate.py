@@ -245,6 +245,10 @@ class Generation(commands.Cog, name=GENERATION_COG):
             await self.service.vary(interaction, job_id, n)
         elif action == "del":
             await self.service.delete(interaction, job_id)
+        elif action == "cancel":
+            await self.service.cancel(interaction, job_id)
+        elif action == "info":
+            await self.service.info(interaction, job_id)
         elif action == "edit":
             record = await self.service.record_for(interaction, job_id)
 

@@ -107,7 +107,7 @@ async def test_imagine_delivers_uploaded_files_with_buttons(world: World):
     assert len(names) == 3
     assert all(w > 0 for w, _ in decoded_sizes(message))
     actions = {JOB_BUTTON.fullmatch(c)["action"] for c in message.custom_ids()}
-    assert actions == {"up", "var", "reroll", "edit", "del"}
+    assert actions == {"up", "var", "reroll", "edit", "info", "del"}
     sent = world.providers.requests_to("text2img")[-1].json
     assert sent["safety_checker"] == "yes"  # not an age-restricted channel
     no_one_pinged(world)
