@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.errors import BotError, DeliveryError
+from bot.errors import BotError, DeliveryError, UserError
 from bot.images import ImageProcessor, UploadFile
 from bot.jobs import Job, JobResult
 from bot.jobstore import StoredImage
@@ -279,6 +279,11 @@ class DiscordDelivery:
 
     async def fail(self, job: Job | None, error: BotError) -> None:
         text = f"❌ {error.user_message}"
+        if isinstance(error, UserError):
+            # A refusal (a ban and its reason, an allowance, a channel rule, a
+            # bad file) is for the member alone, never for the channel.
+            await self._refuse_privately(text)
+            return
         if self.interaction is not None and not self._expiring():
             # After a public defer Discord turns the first follow-up into the
             # placeholder itself, so the placeholder is where the answer goes.
@@ -308,3 +313,34 @@ class DiscordDelivery:
             ),
         )
         await self._drop_placeholder()
+
+    async def _refuse_privately(self, text: str) -> None:
+        interaction = self.interaction
+        if interaction is None or self._expiring():
+            log.warning("a refusal could not be sent privately: no live interaction token")
+            return
+        try:
+            if not interaction.response.is_done():
+                await interaction.response.send_message(
+                    text, ephemeral=True, allowed_mentions=NO_MENTIONS
+                )
+                return
+            # Discord turns the first follow-up after a public "thinking…" into
+            # that public reply, so the placeholder goes before the answer.
+            await self._end_placeholder()
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException as exc:
+            self._token_died(exc)
+            log.warning("a refusal could not be sent privately: HTTP %s", exc.status)
+
+    async def _end_placeholder(self) -> None:
+        assert self.interaction is not None
+        try:
+            await self.interaction.delete_original_response()
+        except discord.NotFound:
+            pass  # already gone
+        except discord.HTTPException:
+            # Still there: a neutral line ends it, so the follow-up is a message of its own.
+            await self.interaction.edit_original_response(
+                content="❌ Not started.", embeds=[], attachments=[], view=None
+            )

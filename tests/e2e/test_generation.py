@@ -27,9 +27,19 @@ def is_final(message) -> bool:
     return bool(message.embeds or message.attachments or message.content.startswith("❌"))
 
 
+def answer_of(interaction):
+    """What the member sees as the answer: the reply, or, for a refusal, the
+    private follow-up that replaced the public "thinking…" placeholder."""
+    original = interaction.original
+    if original is not None and original.deleted:
+        private = [m for m in interaction.followups if m.ephemeral and not m.deleted]
+        return private[-1] if private else None
+    return original
+
+
 async def final(interaction, within: float = 20):
-    await interaction.wait_for(lambda r: is_final(r.original), timeout=within)
-    return interaction.original
+    await interaction.wait_for(lambda r: is_final(answer_of(r)), timeout=within)
+    return answer_of(interaction)
 
 
 async def settled_balance(world: World):

@@ -8,7 +8,8 @@ import pytest
 
 from cogs._views import PromptModal
 from tests.e2e.conftest import World
-from tests.e2e.test_generation import MODAL, final
+from tests.e2e.test_generation import MODAL, final, imagine, job_id_of, opt
+from tests.e2e.test_quota import assert_private, quota
 from tests.emulators.providers import make_png
 
 
@@ -100,3 +101,49 @@ async def test_one_modal_timing_out_leaves_the_others_open(
     result = await final(eve_submit)
     assert result.embeds and result.channel_id == world.other_channel_id
     assert _sent_reference(world, "eve, after ada left") != ada_url
+
+
+async def test_refusals_reach_only_the_member_who_was_refused(world: World):
+    earlier = await final(await imagine(world, "made before the ban"))
+    job = job_id_of(earlier)
+    member = {"name": "member", "type": 6, "value": str(world.member_id)}
+    reason = "posted a neighbour's photo"
+    await quota(
+        world,
+        "ban",
+        world.moderator_id,
+        member,
+        {"name": "hours", "type": 10, "value": 2},
+        opt("reason", reason),
+    )
+    refused = [
+        await imagine(world, "while banned"),
+        await world.discord.click(earlier, f"ib:reroll:{job}:0", user_id=world.member_id),
+        await world.discord.click(earlier, f"ib:var:{job}:1", user_id=world.member_id),
+    ]
+    for interaction in refused:
+        answer = await final(interaction)
+        assert reason in answer.content
+        assert_private(world, answer)
+        # The public "thinking…" placeholder is gone, not left hanging.
+        assert interaction.original is None or interaction.original.deleted
+
+    # A channel rule and a bad file are refused privately too.
+    await quota(world, "unban", world.moderator_id, member)
+    elsewhere = {"name": "channel", "type": 7, "value": str(world.nsfw_channel_id)}
+    await quota(world, "channels", world.moderator_id, opt("action", "add"), elsewhere)
+    answer = await final(await imagine(world, "in the wrong channel"))
+    assert "only in" in answer.content
+    assert_private(world, answer)
+    pdf = world.discord.add_attachment(world.nsfw_channel_id, b"%PDF-1.7", "cat.png", "image/png")
+    edit = await world.discord.slash(
+        "edit",
+        guild_id=world.guild_id,
+        channel_id=world.nsfw_channel_id,
+        user_id=world.member_id,
+        options=[opt("image", pdf["id"], 11), opt("prompt", "x")],
+        attachments={"image": pdf},
+    )
+    answer = await final(edit)
+    assert "PDF" in answer.content
+    assert_private(world, answer)

@@ -49,7 +49,19 @@ async def refusal(world: World, **options: object) -> str:
     interaction = await imagine(world, "a refused picture", **options)
     message = await final(interaction)
     assert message.content.startswith("❌"), message.content
+    assert_private(world, message)
     return str(message.content)
+
+
+def assert_private(world: World, message) -> None:
+    """The refusal reached its member privately and no public message ever carried it."""
+    assert message.ephemeral, message.content
+    reason = message.content.removeprefix("❌ ")
+    for public in world.discord.messages.values():
+        if public.ephemeral:
+            continue
+        said = [public.content, *(str(edit.get("content") or "") for edit in public.edits)]
+        assert not any(reason in text for text in said), (public.id, said)
 
 
 async def test_member_sees_their_credits(world: World):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.e2e.conftest import populate
-from tests.e2e.test_generation import opt
+from tests.e2e.test_generation import answer_of, is_final, opt
 from tests.e2e.test_restart import BotProcess, results_in
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.providers import Error, NBError, ProviderEmulator, make_png
@@ -84,12 +84,7 @@ async def test_no_secret_in_any_log_line_or_file_written(tmp_path):
                 await run("imagine", opt("prompt", "echoed key"), opt("provider", "nanobanana"))
             )
             for interaction in interactions:
-                await interaction.wait_for(
-                    lambda r: bool(
-                        r.original and (r.original.embeds or r.original.content.startswith("❌"))
-                    ),
-                    timeout=30,
-                )
+                await interaction.wait_for(lambda r: is_final(answer_of(r)), timeout=30)
             assert len(results_in(discord_emu, channel)) == 0  # all answered in place
         finally:
             await bot.stop()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.quota import open_ledger
-from tests.e2e.test_generation import is_final, opt
+from tests.e2e.test_generation import answer_of, is_final, opt
 from tests.e2e.test_restart import BotProcess
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.providers import ProviderEmulator
@@ -87,7 +87,7 @@ async def test_two_shard_processes_never_exceed_the_operator_budget(pg_url, tmp_
                 )
             )
             await discord_emu.wait_for(
-                lambda: all(is_final(i.original) for i in interactions), timeout=120
+                lambda: all(is_final(answer_of(i)) for i in interactions), timeout=120
             )
             # Graceful stops: a settle that follows the last upload still lands.
             for bot in bots:
@@ -96,14 +96,17 @@ async def test_two_shard_processes_never_exceed_the_operator_budget(pg_url, tmp_
             for bot in bots:
                 await bot.stop()
 
-        delivered = [i for i in interactions if i.original.embeds]
-        refused = [i for i in interactions if i.original.content.startswith("❌")]
+        answers = {i.id: answer_of(i) for i in interactions}
+        delivered = [i for i in interactions if answers[i.id].embeds]
+        refused = [i for i in interactions if answers[i.id].content.startswith("❌")]
         assert len(delivered) + len(refused) == JOBS
-        other = [i.original.content for i in refused if "budget" not in i.original.content]
+        other = [answers[i.id].content for i in refused if "budget" not in answers[i.id].content]
         assert other == []
+        # A refusal is the member's alone.
+        assert all(answers[i.id].ephemeral for i in refused)
 
         assert len(delivered) == BUDGET  # text2img costs 1: the budget buys exactly 20
-        assert all("daily generation budget" in i.original.content for i in refused)
+        assert all("daily generation budget" in answers[i.id].content for i in refused)
         # Both processes served jobs: each shard's guilds were answered.
         served_guilds = {i.guild_id for i in delivered + refused}
         assert served_guilds == {p[0] for p in places}
