@@ -53,16 +53,20 @@ def default_text(name: str) -> str:
 
 
 def render_env() -> str:
+    """Only what must be set is set; every other setting is shown commented out with
+    its default, so that a file passed whole to ``docker run --env-file`` cannot
+    override what the image sets (``DATA_DIR=/data``) with the default."""
     lines = [
-        "# Copy to .env and fill in. Every setting the bot reads is listed here;",
-        "# empty values mean the default described in the comment.",
+        "# Copy to .env and fill in what is not commented out. Every other setting the",
+        "# bot reads is listed with its default; remove the # of a line to change it.",
     ]
     for name, field in Settings.model_fields.items():
         if name in SECTIONS:
             lines += ["", f"# ===== {SECTIONS[name]} ====="]
         note = f" ({REQUIRED_NOTE[name]})" if name in REQUIRED_NOTE else ""
         lines.append(f"# {field.description}{note}")
-        lines.append(f"{name.upper()}={default_text(name)}")
+        hash_ = "" if name in REQUIRED_NOTE else "# "
+        lines.append(f"{hash_}{name.upper()}={default_text(name)}")
     return "\n".join(lines) + "\n"
 
 

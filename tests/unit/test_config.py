@@ -31,9 +31,36 @@ def test_example_env_lists_every_setting_and_loads(tmp_path):
     text = (ROOT / "config.example.env").read_text()
     assert text == render_env(), "regenerate with: python -m bot.settings_doc write"
     for name in Settings.model_fields:
-        assert f"\n{name.upper()}=" in text
+        assert f"\n{name.upper()}=" in text or f"\n# {name.upper()}=" in text
     settings = load_settings(ROOT / "config.example.env")
     assert settings.discord_token is None
+
+
+def test_example_env_sets_only_what_must_be_set(monkeypatch):
+    """`docker run --env-file .env` passes every line it finds: a default written out
+    (DATA_DIR=data) would override the image's DATA_DIR=/data and put the database
+    inside the container, lost with it."""
+    from dotenv import dotenv_values
+
+    values = dotenv_values(ROOT / "config.example.env")
+    assert set(values) == {"DISCORD_TOKEN", "MODELSLAB_API_KEY", "NANOBANANA_API_KEY"}
+    assert all(value == "" for value in values.values())
+    # Each of the others is there to uncomment, with the default it would set.
+    text = (ROOT / "config.example.env").read_text()
+    assert "\n# DATA_DIR=data\n" in text
+    uncommented = dotenv_values(stream=__import__("io").StringIO(text.replace("\n# ", "\n")))
+    assert set(uncommented) == {name.upper() for name in Settings.model_fields}
+    # Docker's --env-file: every KEY=VALUE line not starting with # becomes a variable
+    # of the container, over the image's ENV.
+    environment = {"DATA_DIR": "/data"}  # the Dockerfile's ENV
+    for line in text.replace("DISCORD_TOKEN=\n", "DISCORD_TOKEN=MTA.x.y\n").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            environment[key] = value
+    monkeypatch.setattr("os.environ", environment)
+    settings = load_settings(None)
+    assert settings.data_dir == Path("/data")
+    assert settings.sqlite_path == Path("/data/bot.db")
 
 
 def test_readme_table_matches_the_model():
