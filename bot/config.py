@@ -204,7 +204,9 @@ class Settings(BaseSettings):
         'for subdomains; the provider API hosts are always added), or "any"',
     )
     download_allow_loopback: bool = Field(
-        False, description="true to allow http downloads from 127.0.0.1 (tests only)"
+        False,
+        description="true to allow downloads from 127.0.0.1 and other loopback addresses "
+        "(tests only; other private addresses are always refused)",
     )
     image_retention_days: int = Field(
         7, ge=0, description="days to keep original results under DATA_DIR; 0 keeps none"

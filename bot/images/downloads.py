@@ -16,6 +16,7 @@ from bot.errors import (
     ProviderUnavailable,
 )
 from bot.images.formats import _human_bytes
+from bot.netguard import refused_address
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,16 @@ async def download(
     except aiohttp.InvalidURL:
         raise _bad_link(provider, _NOT_VALID) from None
     except (aiohttp.ClientError, ValueError) as exc:
+        if refused_address(exc):
+            # The session's connector refused the resolved address (bot.netguard).
+            log.warning(
+                "%s: refused a download from %r: not a public address", provider, target.host
+            )
+            raise _bad_link(
+                provider,
+                f"The result link's host {target.host} leads to a private or local network "
+                "address; the bot only downloads from public internet addresses.",
+            ) from None
         raise ProviderUnavailable(
             "The provider's result could not be downloaded: the connection failed.",
             provider=provider,
