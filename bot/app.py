@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
@@ -23,6 +24,7 @@ import cogs
 from bot.config import Settings
 from bot.errors import BotError, UserError
 from bot.jobstore import JobStore
+from bot.metrics import Observer, instrument, observer_for, serve_metrics
 from bot.runtime import Runtime, open_runtime
 
 log = logging.getLogger("bot.app")
@@ -89,16 +91,26 @@ async def send_ephemeral(interaction: discord.Interaction[Any], content: str) ->
 
 
 class ImageBot(commands.AutoShardedBot):
-    def __init__(self, runtime: Runtime, jobs: JobStore, *, sync_only: bool = False) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        jobs: JobStore,
+        *,
+        sync_only: bool = False,
+        http_trace: aiohttp.TraceConfig | None = None,
+    ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # channel NSFW flags and guild names; no message content
+        options = _sharding(runtime.settings)
+        if http_trace is not None:
+            options["http_trace"] = http_trace
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
             tree_cls=ImageTree,
             allowed_mentions=NO_MENTIONS,
             help_command=None,
-            **_sharding(runtime.settings),
+            **options,
         )
         self.runtime = runtime
         self.settings = runtime.settings
@@ -244,12 +256,15 @@ async def open_bot(settings: Settings, *, sync_only: bool = False) -> AsyncItera
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     configure_endpoints(settings)
+    observer = Observer() if sync_only else observer_for(settings)
     async with (
         open_ledger(settings, sweep_at_start=sync_only) as ledger,
         open_runtime(settings, ledger) as runtime,
         JobStore.open(settings) as jobs,
+        serve_metrics(settings, observer),
     ):
-        bot = ImageBot(runtime, jobs, sync_only=sync_only)
+        instrument(observer, ledger, runtime.pipeline)
+        bot = ImageBot(runtime, jobs, sync_only=sync_only, http_trace=observer.discord_trace())
         try:
             yield bot
         finally:

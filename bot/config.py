@@ -264,6 +264,19 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="DEBUG, INFO, WARNING or ERROR"
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="port of the Prometheus endpoint /metrics (unset: off; 0: any free port)",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="address the metrics endpoint listens on; 0.0.0.0 to be scraped from elsewhere",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text for people; json: one JSON object per line, for log collectors"
+    )
 
     @field_validator("modelslab_models", mode="before")
     @classmethod

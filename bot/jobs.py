@@ -34,6 +34,8 @@ from bot.errors import (
     ValidationError,
 )
 from bot.images import ImageProcessor, ImageStore, download
+from bot.logs import bind_job
+from bot.metrics import Observer
 from bot.models import (
     GenerationRequest,
     Mode,
@@ -223,6 +225,7 @@ class Pipeline:
     store: ImageStore
     session: aiohttp.ClientSession
     journal: Journal | None = None
+    observer: Observer = field(default_factory=Observer)
     slots: dict[str, ProviderSlots] = field(default_factory=dict)
     handing_over: bool = False
     # Jobs whose provider job id is known (and recorded), so a restart can resume them.
@@ -300,8 +303,10 @@ class Pipeline:
         try:
             job = self.prepare(request)
         except BotError as error:
+            self.observer.request_refused(request, error)
             await _tell_failure(delivery, None, error)
             return JobOutcome(job=None, error=error)
+        bind_job(job.id)
         if self.journal is not None and not await self.journal.admit(job):
             log.info("job for key %s is a duplicate; ignored", request.idempotency_key)
             return JobOutcome(job=None, duplicate=True)
@@ -319,6 +324,7 @@ class Pipeline:
                 mode=job.request.mode.value,
             )
         except BotError as error:
+            self.observer.job_ended(job, "refused", error=error)
             await self._record(job, "failed", error=error.user_message)
             await _tell_failure(delivery, job, error)
             return JobOutcome(job=job, error=error)
@@ -343,6 +349,7 @@ class Pipeline:
     ) -> JobOutcome:
         """Finish a job a previous process started: download outputs already known,
         or poll the provider's queued job again; refund if neither is possible."""
+        bind_job(job.id)
         provider = self.providers.get(job.provider)
 
         async def produce() -> JobResult:
@@ -358,11 +365,12 @@ class Pipeline:
                     provider=job.provider,
                 )
             async with asyncio.timeout(self.settings.job_deadline):
-                output = await provider.resume(
-                    job.request,
-                    ResumeHandle(job_id=provider_job_id, fetch_url=fetch_url),
-                    self._progress_reporter(job, delivery),
-                )
+                with self.observer.provider_call(provider.name):
+                    output = await provider.resume(
+                        job.request,
+                        ResumeHandle(job_id=provider_job_id, fetch_url=fetch_url),
+                        self._progress_reporter(job, delivery),
+                    )
             return await self._finish_output(job, job.request, job.unit_cost, output, delivery)
 
         return await self._run_reserved(job, reservation, delivery, produce)
@@ -439,6 +447,7 @@ class Pipeline:
             )
         except BotError as error:
             log.info("job %s failed: %s", job.id, type(error).__name__)
+            self.observer.job_ended(job, "failed", error=error)
             await self._refund(reservation, f"{type(error).__name__}: {error.user_message}")
             await self._record(job, "failed", error=error.user_message)
             await _tell_failure(delivery, job, error)
@@ -446,12 +455,15 @@ class Pipeline:
         except asyncio.CancelledError:
             if self.handing_over and job.id in self._resumable:
                 log.info("job %s handed over to the next start", job.id)
+                self.observer.job_ended(job, "handed_over")
             else:
+                self.observer.job_ended(job, "cancelled")
                 await self._refund(reservation, "cancelled")
                 await self._record(job, "failed", error="cancelled")
             raise
         except Exception as exc:
             log.exception("job %s failed unexpectedly", job.id)
+            self.observer.job_ended(job, "error", error=exc)
             await self._refund(reservation, f"internal error: {type(exc).__name__}")
             internal = BotError("Something went wrong on the bot's side; nothing was charged.")
             await self._record(job, "failed", error=internal.user_message)
@@ -473,6 +485,7 @@ class Pipeline:
         except Exception:
             log.exception("job %s: settling reservation %s failed", job.id, reservation.id)
         await self._record(job, "delivered")
+        self.observer.job_ended(job, "delivered", provider=result.provider)
         return JobOutcome(job=job, result=result)
 
     async def _refund(self, reservation: Reservation, reason: str) -> None:
@@ -559,9 +572,10 @@ class Pipeline:
                 # poll. The first attempt's provider was recorded on admission.
                 await self._record(job, "submitting", provider=provider.name)
             await _report(delivery, job, Progress(stage=Stage.SUBMITTING))
-            output = await provider.generate(
-                attempt.request, self._progress_reporter(job, delivery)
-            )
+            with self.observer.provider_call(provider.name):
+                output = await provider.generate(
+                    attempt.request, self._progress_reporter(job, delivery)
+                )
         return await self._finish_output(job, attempt.request, attempt.unit_cost, output, delivery)
 
     async def _finish_output(

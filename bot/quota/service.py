@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from bot.errors import ConfigError, QuotaRefused
+from bot.metrics import Observer
 from bot.migrate import is_postgres_url
 from bot.quota.base import Reservation
 from bot.quota.models import (
@@ -124,6 +125,7 @@ class QuotaService:
         self.policy = policy or QuotaPolicy()
         self.now: Clock = now or _utcnow
         self.on_threshold = on_threshold
+        self.observer = Observer()  # the bot sets its metrics here
         self._owner: Owner | None = None
 
     # --- life cycle ----------------------------------------------------------
@@ -554,10 +556,12 @@ class QuotaService:
     async def settle(self, reservation: Reservation, actual_cost: int) -> None:
         if actual_cost < 0:
             raise ValueError(f"actual_cost must be 0 or more, not {actual_cost}")
-        await self._finish(reservation, "settled", actual_cost, None)
+        if await self._finish(reservation, "settled", actual_cost, None):
+            self.observer.credits_charged(actual_cost)
 
     async def refund(self, reservation: Reservation, reason: str) -> None:
-        await self._finish(reservation, "refunded", None, reason)
+        if await self._finish(reservation, "refunded", None, reason):
+            self.observer.credits_refunded(reservation.cost)
 
     # --- sweeping ------------------------------------------------------------------
     async def sweep_expired(self, now: datetime | None = None) -> list[Reservation]:
@@ -583,6 +587,7 @@ class QuotaService:
 
         chosen = await asyncio.to_thread(classify) if held else []
         if not chosen:
+            self.observer.reservations_swept([])
             return []
 
         async def run(tx: LedgerTx) -> list[tuple[Entry, str]]:
@@ -598,6 +603,8 @@ class QuotaService:
             return done
 
         done = await self.store.write(run)
+        self.observer.reservations_swept([reason.split(":", 1)[0] for _, reason in done])
+        self.observer.credits_refunded(sum(entry.cost_reserved for entry, _ in done))
         for entry, reason in done:
             logger.warning(
                 "refunded reservation %s (guild %s, user %s, %s, key %s): %s",
