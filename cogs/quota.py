@@ -178,13 +178,18 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
     ) -> None:
         await self._set_limit(
             interaction,
-            role.mention,
+            # The ledger makes @everyone's limit the member default: say so.
+            "@everyone (the member default, as `/quota user-default` sets it)"
+            if role.is_default()
+            else role.mention,
             lambda guild, value: self.ledger.set_role_limit(guild, str(role.id), value),
             lambda guild: self.ledger.remove_role_limit(guild, str(role.id)),
             credits=credits,
             unlimited=unlimited,
             remove=remove,
-            removed="no longer has its own allowance",
+            removed="is back to the bot's default allowance"
+            if role.is_default()
+            else "no longer has its own allowance",
         )
 
     @app_commands.command(name="user-limit", description="Credits per period for one member")

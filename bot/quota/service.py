@@ -672,9 +672,16 @@ class QuotaService:
         return await self.store.write(run)
 
     async def set_role_limit(self, guild_id: str, role_id: str, credits: int | None) -> None:
-        """A role's allowance per period; None: unlimited."""
+        """A role's allowance per period; None: unlimited.
+
+        The @everyone role (its id is the guild's) is never among the roles a
+        member is asked about, so its limit is the guild's member default.
+        """
         if credits is not None and credits < 0:
             raise ValueError(f"credits must be 0 or more, not {credits}")
+        if role_id == guild_id:
+            await self.set_user_default(guild_id, credits)
+            return
 
         async def run(tx: LedgerTx) -> None:
             await tx.lock(guild_scope(guild_id))
@@ -685,6 +692,10 @@ class QuotaService:
         await self.store.write(run)
 
     async def remove_role_limit(self, guild_id: str, role_id: str) -> bool:
+        if role_id == guild_id:  # @everyone: back to the operator's default
+            await self.set_user_default(guild_id, self.policy.default_user_allowance)
+            return True
+
         async def run(tx: LedgerTx) -> bool:
             await tx.lock(guild_scope(guild_id))
             return await tx.remove_role_limit(guild_id, role_id)

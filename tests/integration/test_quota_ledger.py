@@ -314,6 +314,24 @@ async def test_role_allowance_resolution(make_ledger: MakeLedger) -> None:
     assert other is not None and other.limit == 20
 
 
+async def test_everyone_role_limit_is_the_member_default(make_ledger: MakeLedger) -> None:
+    """Discord's @everyone role has the guild's id and is never among a member's
+    roles; a limit on it applies to everyone as the member default."""
+    ledger = await make_ledger(QuotaPolicy(default_pool_credits=1000, default_user_allowance=20))
+    await ledger.set_role_limit("g", "patron", 100)
+    await ledger.set_role_limit("g", "g", 3)
+    assert (await ledger.guild_config("g")).user_default == 3
+    plain = (await ledger.balance("g", "a", [])).user
+    assert plain is not None and plain.limit == 3
+    patron = (await ledger.balance("g", "b", ["patron"])).user
+    assert patron is not None and patron.limit == 100  # a role of its own still wins
+    assert (await refused(ledger.reserve("g", "a", [], 4, "k"))).limit == "user_allowance"
+    await ledger.set_role_limit("g", "g", None)
+    assert (await ledger.guild_config("g")).user_default is None
+    assert await ledger.remove_role_limit("g", "g")
+    assert (await ledger.guild_config("g")).user_default == 20
+
+
 async def test_role_allowance_applies_to_reserve(make_ledger: MakeLedger) -> None:
     ledger = await make_ledger(QuotaPolicy(default_pool_credits=1000, default_user_allowance=2))
     await ledger.set_role_limit("g", "patron", 8)
