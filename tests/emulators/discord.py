@@ -196,6 +196,11 @@ class SnowflakeGenerator:
 # --------------------------------------------------------------------------------------
 
 
+def running_in_ci() -> bool:
+    """``CI=true`` (as GitHub Actions, GitLab and most CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
 def default_spec_path() -> Path:
     override = os.environ.get("DISCORD_OPENAPI_SPEC")
     if override:
@@ -1122,6 +1127,14 @@ class DiscordEmulator:
         self.spec_path = Path(spec_path) if spec_path is not None else default_spec_path()
         if validate_spec and self.spec_path.is_file():
             self.spec = OpenAPISpec.load(self.spec_path)
+        elif validate_spec and running_in_ci():
+            # Silently skipping would let CI pass while checking nothing.
+            raise FileNotFoundError(
+                f"Discord's OpenAPI spec is missing at {self.spec_path}: under CI the "
+                "emulator must validate request bodies. Check out the spec next to the "
+                "repository (../shared/discord-api-spec/openapi.json) or set "
+                "DISCORD_OPENAPI_SPEC."
+            )
 
         self._runner: web.AppRunner | None = None
         self._port: int | None = None

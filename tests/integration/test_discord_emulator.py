@@ -19,7 +19,13 @@ from discord import app_commands
 from discord.ext import commands
 from PIL import Image
 
-from tests.emulators.discord import DiscordEmulator, InteractionRecord, MessageRecord
+from tests.emulators.discord import (
+    DiscordEmulator,
+    InteractionRecord,
+    MessageRecord,
+    default_spec_path,
+    running_in_ci,
+)
 
 REROLL_ID = "emu-test:reroll"
 LATER_ID = "emu-test:later"
@@ -554,8 +560,10 @@ async def test_two_shards_each_get_their_guilds(harness: HarnessFactory) -> None
         assert (await rec.wait_for_original()).content.startswith("a.png:3:")
 
 
+# Under CI a missing spec fails (the emulator refuses to start) instead of skipping.
 spec_required = pytest.mark.skipif(
-    not DiscordEmulator().spec_path.is_file(), reason="Discord OpenAPI spec not available"
+    not running_in_ci() and not default_spec_path().is_file(),
+    reason="Discord OpenAPI spec not available",
 )
 
 
@@ -581,9 +589,24 @@ async def test_spec_violations_and_unknown_routes_are_reported() -> None:
             emu.assert_no_violations()
 
 
-async def test_spec_check_is_skipped_without_the_file(
+@pytest.mark.parametrize("ci", ["true", "TRUE", "1"])
+def test_a_missing_spec_fails_under_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, ci: str
+) -> None:
+    missing = tmp_path / "missing.json"
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setenv("DISCORD_OPENAPI_SPEC", str(missing))
+    with pytest.raises(FileNotFoundError, match="under CI") as info:
+        DiscordEmulator()
+    assert str(missing) in str(info.value)
+    # Turning validation off on purpose (the load test does) stays possible.
+    assert DiscordEmulator(validate_spec=False).spec is None
+
+
+async def test_spec_check_is_skipped_without_the_file_outside_ci(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
+    monkeypatch.delenv("CI", raising=False)
     monkeypatch.setenv("DISCORD_OPENAPI_SPEC", str(tmp_path / "missing.json"))
     async with DiscordEmulator() as emu:
         assert emu.spec is None
