@@ -12,14 +12,24 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from bot.cli_text import plain_text
 from bot.config import PROVIDER_NAMES, Settings
-from bot.errors import BotError, ConfigError, ImageError, ValidationError
+from bot.errors import (
+    BotError,
+    ConfigError,
+    ImageError,
+    ProviderError,
+    ProviderNotFound,
+    ValidationError,
+)
 from bot.images import ImageProcessor, download
+from bot.images.downloads import RefusedHost
 from bot.jobs import Job, JobResult
 from bot.jobstore import request_to_dict
 from bot.models import GenerationRequest, Mode, Progress, ReferenceImage, Requester, Stage
@@ -91,18 +101,58 @@ def _check_usage(args: argparse.Namespace) -> None:
         raise UsageError("give either --width/--height or --aspect-ratio, not both")
 
 
+def _prepare_out(out: Path) -> None:
+    """Create --out and write in it before anything is paid for: a typo'd or
+    read-only --out must not cost a generation whose images have nowhere to go."""
+    where = out.absolute()
+    if where.exists() and not where.is_dir():
+        raise UsageError(f"--out {where} is a file; give a directory")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise UsageError(f"cannot write to --out {where}: {reason}") from None
+
+
+def _fetch_failure(source: str, error: ProviderError, settings: Settings) -> UsageError:
+    """A reference URL that cannot be fetched is the --image argument's fault, told
+    as such (the download helper speaks of "the provider's result")."""
+    if isinstance(error, ProviderNotFound):
+        reason = f"the server answered {error.status or 404}: no such file"
+    elif error.status is not None:
+        reason = f"the server answered HTTP {error.status}"
+    elif "too long" in error.user_message:
+        reason = f"no complete answer within DOWNLOAD_TIMEOUT ({settings.download_timeout:g} s)"
+    elif "larger than" in error.user_message:
+        reason = f"it is larger than INPUT_MAX_BYTES ({settings.input_max_bytes} bytes)"
+    elif "connection failed" in error.user_message:
+        cause = error.__cause__
+        detail = f" ({cause})" if cause is not None and str(cause) else ""
+        reason = f"cannot connect{detail}"
+    elif "redirects" in error.user_message:
+        reason = "it redirects too many times"
+    else:
+        reason = "only https:// links (or local files) can be used"
+    return UsageError(f"cannot fetch --image {source}: {reason}")
+
+
 async def _load_reference(
     source: str, settings: Settings, images: ImageProcessor, session: Any
 ) -> ReferenceImage:
     if source.startswith(("http://", "https://")):
-        data = await download(
-            session,
-            source,
-            max_bytes=settings.input_max_bytes,
-            timeout=settings.download_timeout,
-            allow_loopback=settings.download_allow_loopback,
-            provider="reference",
-        )
+        try:
+            data = await download(
+                session,
+                source,
+                max_bytes=settings.input_max_bytes,
+                timeout=settings.download_timeout,
+                allow_loopback=settings.download_allow_loopback,
+                provider="reference",
+            )
+        except ProviderError as error:
+            raise _fetch_failure(source, error, settings) from None
         return await images.load_reference(data, filename=source.rsplit("/", 1)[-1], url=source)
     path = Path(source)
     try:
@@ -208,6 +258,7 @@ async def run_generate(args: argparse.Namespace, settings: Settings) -> int:
     try:
         _check_usage(args)
         options = _options(args.option)
+        _prepare_out(args.out)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -228,7 +279,7 @@ async def run_generate(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_USAGE
         except BotError as error:
-            print(f"error: {error.user_message}", file=sys.stderr)
+            print(f"error: {plain_text(error.user_message)}", file=sys.stderr)
             return EXIT_USAGE if isinstance(error, ImageError) else EXIT_FAILED
         request = GenerationRequest(
             mode=Mode(args.mode),
@@ -253,6 +304,19 @@ async def run_generate(args: argparse.Namespace, settings: Settings) -> int:
             print(args.out / name)
         return EXIT_OK
     failure = outcome.error or delivery.error
-    message = failure.user_message if failure else "generation failed"
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
-    return EXIT_USAGE if isinstance(failure, ValidationError | ImageError) else EXIT_FAILED
+    print(f"error: {_failure_message(failure, settings)}", file=sys.stderr)
+    usage = ValidationError | ImageError | RefusedHost
+    return EXIT_USAGE if isinstance(failure, usage) else EXIT_FAILED
+
+
+def _failure_message(failure: BotError | None, settings: Settings) -> str:
+    """The member's message, reworded where it speaks of Discord."""
+    if failure is None:
+        return "generation failed"
+    if isinstance(failure, RefusedHost):
+        return (
+            f"{failure.provider} returned its result on {failure.host}, a host "
+            "DOWNLOAD_ALLOWED_HOSTS does not list; add it to DOWNLOAD_ALLOWED_HOSTS if you "
+            "trust it (nothing was charged)"
+        )
+    return plain_text(failure.user_message)

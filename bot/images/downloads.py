@@ -33,6 +33,15 @@ def _bad_link(provider: str, message: str) -> ProviderBadResponse:
     return ProviderBadResponse(message, provider=provider, retryable=False)
 
 
+class RefusedHost(ProviderBadResponse):
+    """A result link to a host DOWNLOAD_ALLOWED_HOSTS does not list. The member's
+    message names no host (it is the provider's text); ``host`` is for operators."""
+
+    def __init__(self, provider: str, host: str) -> None:
+        super().__init__(_FOREIGN_HOST, provider=provider, retryable=False)
+        self.host = host
+
+
 def _normal_host(host: str) -> str | None:
     """The host as URLs carry it on the wire (lower case, IDNA), without brackets
     or a trailing dot, so that equal hosts compare equal; None if it is no host."""
@@ -111,7 +120,13 @@ def _check_url(url: URL, *, allow_loopback: bool, provider: str, patterns: _Patt
     if refusal is not None:
         if refusal == _FOREIGN_HOST:
             # The member sees no address (it is the provider's text); operators need it.
-            log.warning("%s: refused a result link to host %r", provider, url.host)
+            log.warning(
+                "%s: refused a result link to host %r: add it to DOWNLOAD_ALLOWED_HOSTS "
+                "if you trust it",
+                provider,
+                url.host,
+            )
+            raise RefusedHost(provider, url.host or "")
         raise _bad_link(provider, refusal)
 
 
