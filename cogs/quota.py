@@ -21,7 +21,6 @@ from discord import app_commands
 from discord.app_commands import Range
 from discord.ext import commands
 
-from bot.charts import daily_png, ranking_png
 from bot.errors import UserError
 from bot.quota.models import Balance, ThresholdEvent
 from bot.quota.service import discord_time
@@ -324,14 +323,14 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
             listed = rows[-14:]
             names = {row.key: row.key for row in rows}
             chart = await asyncio.to_thread(
-                daily_png, title, [(date.fromisoformat(r.key), r.credits) for r in rows]
+                _daily_png, title, [(date.fromisoformat(r.key), r.credits) for r in rows]
             )
         else:
             rows = sorted(rows, key=lambda r: r.credits, reverse=True)
             listed = rows[:10]
             names = await _display_names(interaction.guild, by, [r.key for r in listed])
             chart = await asyncio.to_thread(
-                ranking_png, title, [(names[r.key], r.credits) for r in listed]
+                _ranking_png, title, [(names[r.key], r.credits) for r in listed]
             )
         embed = discord.Embed(
             title=title,
@@ -462,6 +461,20 @@ def _job_id_of(message: discord.Message) -> str | None:
         if footer.startswith("Job "):
             return footer.removeprefix("Job ").strip()
     return None
+
+
+# matplotlib takes about a second and 40 MB to import: it is loaded (in the
+# drawing thread) by the first chart a moderator asks for, not at every start.
+def _daily_png(title: str, days: list[tuple[date, int]]) -> bytes:
+    from bot.charts import daily_png
+
+    return daily_png(title, days)
+
+
+def _ranking_png(title: str, rows: list[tuple[str, int]]) -> bytes:
+    from bot.charts import ranking_png
+
+    return ranking_png(title, rows)
 
 
 def _usage_csv(rows: list[Any]) -> str:

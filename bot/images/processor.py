@@ -10,6 +10,7 @@ at once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import functools
 import math
@@ -91,7 +92,12 @@ class ImageProcessor:
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        # Unlike asyncio.to_thread, run_in_executor does not carry the context
+        # over: without it the worker's log lines would lose the job id.
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(
+            self._pool, functools.partial(context.run, fn, *args, **kwargs)
+        )
 
     # -- inputs ---------------------------------------------------------------
 

@@ -74,3 +74,16 @@ def test_text_lines_name_the_job():
     finally:
         logging.getLogger().handlers.clear()
     assert "bot.test [job abc123]: working" in stream.getvalue()
+
+
+async def test_image_worker_threads_log_with_the_job_id():
+    from bot.images import ImageProcessor
+    from bot.logs import current_job
+
+    with ImageProcessor(max_input_bytes=1 << 20, max_input_pixels=1 << 20, workers=1) as images:
+
+        async def job(job_id: str) -> str | None:
+            bind_job(job_id)
+            return await images._run(current_job)
+
+        assert list(await asyncio.gather(job("a"), job("b"))) == ["a", "b"]
