@@ -19,6 +19,7 @@ from tests.e2e.conftest import populate
 from tests.emulators.discord import DiscordEmulator
 
 EXIT_CONFIG, EXIT_UNAVAILABLE = 2, 3
+GUILD = "418151490012345678"  # a real-looking server id (snowflake)
 
 
 @dataclass
@@ -231,7 +232,7 @@ async def test_data_dir_that_cannot_be_created_names_data_dir(tmp_path, command)
     args = {
         "run": ["run"],
         "check": ["check"],
-        "quota": ["quota", "show", "--guild", "123"],
+        "quota": ["quota", "show", "--guild", GUILD],
         "generate": ["generate", "--mode", "text", "--prompt", "x", "--out", str(tmp_path / "o")],
     }[command]
     for data_dir in unusable_dirs(tmp_path):
@@ -296,7 +297,7 @@ async def test_unreachable_postgres_reads_the_same_from_run_migrate_and_quota(tm
     url = f"postgresql://bot:pg-secret-pw@127.0.0.1:{free_port()}/imagebot"
     env = base_env(tmp_path, DISCORD_TOKEN="MTA.x.y", DATABASE_URL=url)
     lines = set()
-    for args in (["run"], ["sync"], ["migrate"], ["quota", "show", "--guild", "123"]):
+    for args in (["run"], ["sync"], ["migrate"], ["quota", "show", "--guild", GUILD]):
         result = await run_bot_cli(*args, env=env, cwd=tmp_path)
         lines.add(one_line(result, EXIT_UNAVAILABLE, "DATABASE_URL", "connection refused"))
         assert "pg-secret-pw" not in result.stderr + result.stdout
@@ -310,6 +311,6 @@ async def test_a_database_that_does_not_exist_is_a_setting_to_fix(tmp_path):
         pytest.skip("TEST_DATABASE_URL is not set")
     url = base.rsplit("/", 1)[0] + "/imagebot_no_such_database"
     env = base_env(tmp_path, DATABASE_URL=url)
-    for args in (["migrate"], ["quota", "show", "--guild", "123"]):
+    for args in (["migrate"], ["quota", "show", "--guild", GUILD]):
         result = await run_bot_cli(*args, env=env, cwd=tmp_path)
         one_line(result, EXIT_CONFIG, "DATABASE_URL", "does not exist")
