@@ -24,7 +24,9 @@ import cogs
 from bot.config import Settings
 from bot.errors import BotError, UserError
 from bot.jobstore import JobStore
+from bot.lease import Lease
 from bot.metrics import Observer, instrument, observer_for, serve_metrics
+from bot.recovery import Recovery, RecoveryFront
 from bot.runtime import Runtime, open_runtime
 
 log = logging.getLogger("bot.app")
@@ -98,6 +100,7 @@ class ImageBot(commands.AutoShardedBot):
         *,
         sync_only: bool = False,
         http_trace: aiohttp.TraceConfig | None = None,
+        lease: Lease | None = None,
     ) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # channel NSFW flags and guild names; no message content
@@ -120,6 +123,10 @@ class ImageBot(commands.AutoShardedBot):
         self.accepting = True  # False while shutting down: no new jobs
         self._tasks: set[asyncio.Task[Any]] = set()
         self._job_tasks: set[asyncio.Task[Any]] = set()
+        self.lease = lease
+        # Set by the recovery extension (cogs/recovery.py): where adopted jobs post.
+        self.recovery_front: RecoveryFront | None = None
+        self.recovery: Recovery | None = None
 
     async def run_job(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a job as a task of its own, so shutdown can wait for it by name."""
@@ -138,11 +145,15 @@ class ImageBot(commands.AutoShardedBot):
             log.info("shutting down: waiting up to %.0f s for %d job(s)", grace, len(pending))
             _, pending = await asyncio.wait(pending, timeout=grace)
         if pending:
+            # Jobs with a recorded provider job or results are handed over (the
+            # next start, or another live process, resumes them once this lease
+            # is released); the others are refunded and their members told; a
+            # result already uploading is finished and charged first.
             self.runtime.pipeline.hand_over()
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            log.info("handed %d job(s) over to the next start", len(pending))
+            log.info("stopped %d job(s): handed over or refunded", len(pending))
         await self.close()
 
     async def connect(self, *, reconnect: bool = True) -> None:
@@ -159,15 +170,70 @@ class ImageBot(commands.AutoShardedBot):
         if self.sync_only:
             await self.sync_commands()
             return
-        from cogs._recovery import recover_jobs
-
-        # Adopt what this process can finish before anything is refunded as crashed.
-        await recover_jobs(self)
-        await self.runtime.ledger.sweep_expired()
+        if self.recovery_front is not None:
+            self.recovery = Recovery(
+                self.jobs,
+                self.runtime.ledger,
+                self.runtime.pipeline,
+                self.recovery_front,
+                lambda job_id, coro: self.spawn(self.run_job(coro), name=f"resume-{job_id}"),
+            )
+        # Jobs of processes that are gone (a crash, an old container) first.
+        await self.adopt_jobs()
+        try:
+            await self.runtime.ledger.sweep_expired()
+        except Exception:
+            log.exception("start-up sweep of expired reservations failed")
         if self.settings.dev_guild_id is not None:
             await self.sync_commands(self.settings.dev_guild_id)
         self.spawn(self._heartbeat(), name="heartbeat")
         self.spawn(self._sweep_images(), name="image-retention")
+        if self.lease is not None:
+            self.spawn(self._keep_lease(self.lease), name="lease")
+
+    async def adopt_jobs(self) -> None:
+        """Take and finish the jobs of processes whose lease ran out. Never raises:
+        what fails now is found again at the next renewal."""
+        if self.lease is None or self.recovery is None or not self.accepting:
+            return
+        try:
+            records = await self.lease.adopt()
+            await self.recovery.finish(records)
+        except Exception:
+            log.exception("adopting the jobs of gone processes failed; will look again")
+
+    async def _keep_lease(self, lease: Lease) -> None:
+        interval = self.settings.lease_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                held = await lease.renew()
+            except Exception:
+                log.exception("could not renew the lease")
+                held = lease.surely_held()
+            if not held:
+                await self._lease_lost(lease)
+            await self.adopt_jobs()
+
+    async def _lease_lost(self, lease: Lease) -> None:
+        """This process stalled past its lease and its jobs were adopted (or may
+        be at any moment): stop them without a word, then go on under a new lease."""
+        pipeline = self.runtime.pipeline
+        pipeline.abandoning = True
+        try:
+            running = set(self._job_tasks)
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        finally:
+            pipeline.abandoning = False
+        while True:
+            try:
+                await lease.acquire()
+                return
+            except Exception:
+                log.exception("could not register a new lease; retrying")
+                await asyncio.sleep(self.settings.lease_interval)
 
     async def sync_commands(self, guild_id: int | None = None) -> int:
         if guild_id is not None:
@@ -264,12 +330,25 @@ async def open_bot(settings: Settings, *, sync_only: bool = False) -> AsyncItera
         serve_metrics(settings, observer),
     ):
         instrument(observer, ledger, runtime.pipeline)
-        bot = ImageBot(runtime, jobs, sync_only=sync_only, http_trace=observer.discord_trace())
+        lease: Lease | None = None
+        if not sync_only:
+            lease = Lease(jobs, settings, (ledger,))
+            await lease.acquire()
+        bot = ImageBot(
+            runtime,
+            jobs,
+            sync_only=sync_only,
+            http_trace=observer.discord_trace(),
+            lease=lease,
+        )
         try:
             yield bot
         finally:
             if not bot.is_closed():
                 await bot.close()
+            if lease is not None:
+                # After every job stopped: what is left is adoptable at once.
+                await lease.release()
 
 
 async def run_bot(settings: Settings, *, sync_only: bool = False) -> int:

@@ -110,6 +110,18 @@ class Settings(BaseSettings):
         ge=0,
         description="seconds a stopping bot lets jobs finish before handing them to the next start",
     )
+    lease_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds without a heartbeat after which a bot process counts as gone "
+        "and another adopts its jobs",
+    )
+    lease_interval: float = Field(
+        5.0,
+        gt=0,
+        description="seconds between a bot process's heartbeats, each also a look for jobs "
+        "of gone processes (at most a third of LEASE_TIMEOUT)",
+    )
 
     # --- ModelsLab -----------------------------------------------------------
     modelslab_api_key: SecretStr | None = Field(
@@ -358,6 +370,13 @@ class Settings(BaseSettings):
         if not (value.startswith("sqlite:///") or value.startswith("postgresql://")):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return value
+
+    @model_validator(mode="after")
+    def _check_lease(self) -> Settings:
+        # Two missed heartbeats must not yet cost a process its jobs.
+        if self.lease_interval * 3 > self.lease_timeout:
+            raise ValueError("LEASE_INTERVAL must be at most a third of LEASE_TIMEOUT")
+        return self
 
     @model_validator(mode="after")
     def _check_poll(self) -> Settings:

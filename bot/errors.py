@@ -151,3 +151,9 @@ class QuotaRefused(UserError):
 
 class JobCancelled(BotError):
     """The requester or a moderator cancelled the job before it delivered."""
+
+
+class LeaseLost(Exception):
+    """Another process adopted this job (its owner's lease had run out): this
+    process must stop working on it without a word or a refund; the adopter
+    finishes it. Not a ``BotError``: nothing is ever shown for it."""

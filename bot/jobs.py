@@ -14,9 +14,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
@@ -28,6 +28,7 @@ from bot.errors import (
     JobCancelled,
     JobDeadlineExceeded,
     JobNotResumable,
+    LeaseLost,
     ProviderBadResponse,
     ProviderError,
     UserError,
@@ -52,6 +53,12 @@ from bot.providers.validation import check_choice
 from bot.quota.base import Ledger, Reservation
 
 log = logging.getLogger("bot.jobs")
+T = TypeVar("T")
+
+STOPPED_MESSAGE = (
+    "The bot is restarting, so your image was stopped before it was made; "
+    "nothing was charged. Please try again in a minute."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +112,8 @@ class JobOutcome:
     result: JobResult | None = None
     error: BotError | None = None
     duplicate: bool = False
+    # Another process adopted the job (this one's lease ran out): it answers.
+    abandoned: bool = False
 
     @property
     def ok(self) -> bool:
@@ -228,6 +237,8 @@ class Pipeline:
     observer: Observer = field(default_factory=Observer)
     slots: dict[str, ProviderSlots] = field(default_factory=dict)
     handing_over: bool = False
+    # Set while the jobs of a lease that was taken over are being stopped.
+    abandoning: bool = False
     # Jobs whose provider job id is known (and recorded), so a restart can resume them.
     _resumable: set[str] = field(default_factory=set)
     # Full-size results are large (4-8 MB a PNG, more decoded): only a few jobs at a
@@ -405,8 +416,9 @@ class Pipeline:
             self._cancelled_by.pop(job.id, None)
 
     def hand_over(self) -> None:
-        """Shutting down: jobs cancelled from now on whose provider job is known are
-        left for the next start to resume instead of being refunded."""
+        """Shutting down: jobs cancelled from now on whose provider job or results
+        are recorded are left for the next start to resume; the others are
+        refunded, and their members told."""
         self.handing_over = True
 
     async def _record(self, job: Job, status: str, **fields: Any) -> None:
@@ -425,6 +437,28 @@ class Pipeline:
         produce: Callable[[], Awaitable[JobResult]],
     ) -> JobOutcome:
         try:
+            return await self._produce_and_deliver(job, reservation, delivery, produce)
+        except LeaseLost:
+            log.warning("job %s was adopted by another process; leaving it to that one", job.id)
+            return JobOutcome(job=job, abandoned=True)
+        finally:
+            self._resumable.discard(job.id)
+            try:
+                # Before the image phase ends: the writes hold the images' bytes.
+                await self._saved(job)
+            finally:
+                if job.id in self._in_image_phase:
+                    self._in_image_phase.discard(job.id)
+                    self._image_phase.release()
+
+    async def _produce_and_deliver(
+        self,
+        job: Job,
+        reservation: Reservation,
+        delivery: Delivery,
+        produce: Callable[[], Awaitable[JobResult]],
+    ) -> JobOutcome:
+        try:
             result = await self._until_cancelled(job, produce)
             charged = min(result.credits_charged, reservation.cost)
             result = replace(
@@ -435,16 +469,9 @@ class Pipeline:
                     reservation.guild_remaining, reservation.cost, charged
                 ),
             )
-            await self._record(job, "delivering")
-            await _report(delivery, job, Progress(stage=Stage.DELIVERING))
-            await delivery.deliver(job, result)
-            log.info(
-                "job %s delivered %d image(s) by %s for %d credit(s)",
-                job.id,
-                len(result.images),
-                result.provider,
-                charged,
-            )
+            await _to_the_end(self._deliver(job, reservation, delivery, result))
+        except LeaseLost:
+            raise
         except BotError as error:
             log.info("job %s failed: %s", job.id, type(error).__name__)
             self.observer.job_ended(job, "failed", error=error)
@@ -453,13 +480,7 @@ class Pipeline:
             await _tell_failure(delivery, job, error)
             return JobOutcome(job=job, error=error)
         except asyncio.CancelledError:
-            if self.handing_over and job.id in self._resumable:
-                log.info("job %s handed over to the next start", job.id)
-                self.observer.job_ended(job, "handed_over")
-            else:
-                self.observer.job_ended(job, "cancelled")
-                await self._refund(reservation, "cancelled")
-                await self._record(job, "failed", error="cancelled")
+            await self._stopped(job, reservation, delivery)
             raise
         except Exception as exc:
             log.exception("job %s failed unexpectedly", job.id)
@@ -469,29 +490,65 @@ class Pipeline:
             await self._record(job, "failed", error=internal.user_message)
             await _tell_failure(delivery, job, internal)
             return JobOutcome(job=job, error=internal)
-        finally:
-            self._resumable.discard(job.id)
-            try:
-                # Before the image phase ends: the writes hold the images' bytes.
-                await self._saved(job)
-            finally:
-                if job.id in self._in_image_phase:
-                    self._in_image_phase.discard(job.id)
-                    self._image_phase.release()
+        return JobOutcome(job=job, result=result)
+
+    async def _deliver(
+        self, job: Job, reservation: Reservation, delivery: Delivery, result: JobResult
+    ) -> None:
+        """From "about to post" to "settled". Once begun it runs to its end even if
+        the job is cancelled (a deploy, a shutdown): a posted result is always
+        charged, once."""
+        # Raises if another process adopted the job or the hold ended: nothing is
+        # posted that this process cannot charge for.
+        await self.ledger.begin_delivery(reservation)
+        await self._record(job, "delivering")
+        await _report(delivery, job, Progress(stage=Stage.DELIVERING))
+        await delivery.deliver(job, result)
+        log.info(
+            "job %s delivered %d image(s) by %s for %d credit(s)",
+            job.id,
+            len(result.images),
+            result.provider,
+            result.credits_charged,
+        )
+        self.observer.job_ended(job, "delivered", provider=result.provider)
         # The person has the images: a failing settle must not be reported as a
-        # failed job; the reservation stays for the next settle attempt or sweep.
+        # failed job; the job stays unfinished, so the next look settles it.
         try:
-            await asyncio.shield(self.ledger.settle(reservation, charged))
+            await self.ledger.settle(reservation, result.credits_charged)
+        except LeaseLost:
+            log.warning("job %s: adopted by another process, which settles it", job.id)
+            return
         except Exception:
             log.exception("job %s: settling reservation %s failed", job.id, reservation.id)
+            return
         await self._record(job, "delivered")
-        self.observer.job_ended(job, "delivered", provider=result.provider)
-        return JobOutcome(job=job, result=result)
+
+    async def _stopped(self, job: Job, reservation: Reservation, delivery: Delivery) -> None:
+        """A job cancelled before its result was posted."""
+        if self.abandoning:
+            log.info("job %s stopped: another process adopted it", job.id)
+            self.observer.job_ended(job, "handed_over")
+            return
+        if self.handing_over and job.id in self._resumable:
+            log.info("job %s handed over to the next start", job.id)
+            self.observer.job_ended(job, "handed_over")
+            return
+        self.observer.job_ended(job, "cancelled")
+        try:
+            await self._refund(reservation, "cancelled")
+        except LeaseLost:
+            return
+        stopped = BotError(STOPPED_MESSAGE if self.handing_over else "Your image was cancelled.")
+        await self._record(job, "failed", error="cancelled")
+        await _tell_failure(delivery, job, stopped)
 
     async def _refund(self, reservation: Reservation, reason: str) -> None:
         # A refund must not be skipped because the task is being cancelled.
         try:
             await asyncio.shield(self.ledger.refund(reservation, reason))
+        except LeaseLost:
+            raise
         except Exception:
             log.exception("refund of reservation %s failed; the sweep will retry", reservation.id)
 
@@ -595,14 +652,13 @@ class Pipeline:
         # again. The download need not wait for that write: a crash before it
         # lands leaves the job as it was a moment before, which recovers the same
         # way, and the journal's writes stay in order ("delivering" comes later).
+        urls = [ref.url for ref in output.outputs if ref.url is not None]
         recorded = asyncio.ensure_future(
-            self._record(
-                job,
-                "downloading",
-                provider=output.provider,
-                outputs=[ref.url for ref in output.outputs if ref.url is not None],
-            )
+            self._record(job, "downloading", provider=output.provider, outputs=urls)
         )
+        if urls and len(urls) == len(output.outputs):
+            # A shutdown from here on hands the job over: the next start fetches these.
+            recorded.add_done_callback(lambda _: self._resumable.add(job.id))
         try:
             await _report(
                 delivery,
@@ -701,6 +757,24 @@ class Pipeline:
             raise ProviderBadResponse(
                 error.user_message, provider=provider, retryable=False
             ) from None
+
+
+async def _to_the_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Await ``coro`` in a task of its own that cancelling the caller cannot stop;
+    a cancellation that arrives meanwhile is dropped, since the work it would
+    have stopped is done."""
+    task = asyncio.ensure_future(coro)
+    interrupted = 0
+    while not task.done():
+        try:
+            await asyncio.wait([task])  # cancelling this wait leaves the task be
+        except asyncio.CancelledError:
+            interrupted += 1
+    current = asyncio.current_task()
+    if current is not None:
+        for _ in range(interrupted):
+            current.uncancel()
+    return task.result()
 
 
 def _after_settle(remaining: int | None, reserved: int, charged: int) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -143,6 +144,24 @@ class _Database(Protocol):
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
 
+    async def adopt(self, me: str, now: float) -> list[str]:
+        """In one transaction: mark live instances whose lease ran out as expired,
+        then move every unfinished job whose owner is not live, and the
+        reservations those jobs hold, to ``me``. Returns the job ids taken."""
+        ...
+
+
+# Marking first matters: an expired instance's renewal (a conditional update of
+# the same row) then fails, so a process that was only stalled learns that its
+# jobs were taken instead of carrying on beside their adopter.
+_EXPIRE = "UPDATE instances SET state = 'expired' WHERE state = 'live' AND expires_at < ?"
+_ORPHANS = (
+    "SELECT jobs.id FROM jobs WHERE jobs.status NOT IN ('delivered', 'failed')"
+    " AND NOT EXISTS (SELECT 1 FROM instances"
+    " WHERE instances.id = jobs.owner_instance AND instances.state = 'live')"
+    " ORDER BY jobs.created_at"
+)
+
 
 class _Sqlite:
     """Statements on the file's shared worker (``bot.sqlite_worker``), so that the
@@ -161,6 +180,23 @@ class _Sqlite:
         rows = await self._worker.read(lambda conn: conn.execute(sql, values).fetchall())
         return [tuple(row) for row in rows]
 
+    async def adopt(self, me: str, now: float) -> list[str]:
+        # SQLite has one writer at a time (BEGIN IMMEDIATE): two processes on the
+        # file adopt one after the other, and the second finds nothing left.
+        def body(conn: sqlite3.Connection) -> list[str]:
+            conn.execute(_EXPIRE, (now,))
+            ids = [str(row[0]) for row in conn.execute(_ORPHANS).fetchall()]
+            for job_id in ids:
+                conn.execute("UPDATE jobs SET owner_instance = ? WHERE id = ?", (me, job_id))
+                conn.execute(
+                    "UPDATE quota_entries SET owner_instance = ?"
+                    " WHERE job_id = ? AND state = 'reserved'",
+                    (me, job_id),
+                )
+            return ids
+
+        return await self._worker.write(body)
+
 
 class _Postgres:
     def __init__(self, pool: Any) -> None:
@@ -174,6 +210,25 @@ class _Postgres:
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         return [tuple(row) for row in await self._pool.fetch(_numbered(sql), *params)]
 
+    async def adopt(self, me: str, now: float) -> list[str]:
+        # SKIP LOCKED: a job another adopter is taking right now is left to it;
+        # once that one commits, the job's owner is live and no longer matches.
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_numbered(_EXPIRE), now)
+            rows = await conn.fetch(_ORPHANS + " FOR UPDATE OF jobs SKIP LOCKED")
+            ids = [str(row[0]) for row in rows]
+            if ids:
+                await conn.execute(
+                    "UPDATE jobs SET owner_instance = $1 WHERE id = ANY($2::text[])", me, ids
+                )
+                await conn.execute(
+                    "UPDATE quota_entries SET owner_instance = $1"
+                    " WHERE job_id = ANY($2::text[]) AND state = 'reserved'",
+                    me,
+                    ids,
+                )
+            return ids
+
 
 def _numbered(sql: str) -> str:
     """``?`` placeholders as PostgreSQL's ``$1, $2, ...`` (no ``?`` in our literals)."""
@@ -184,6 +239,8 @@ def _numbered(sql: str) -> str:
 class JobStore:
     def __init__(self, db: _Database) -> None:
         self._db = db
+        # The lease (bot.lease) new jobs are admitted under; None without one.
+        self.instance: str | None = None
 
     @property
     def database(self) -> _Database:
@@ -267,8 +324,9 @@ class JobStore:
         now = _now()
         inserted = await self._db.execute(
             "INSERT INTO jobs (id, idempotency_key, guild_id, channel_id, user_id,"
-            " mode, provider, request_json, status, cost, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?)"
+            " mode, provider, request_json, status, cost, created_at, updated_at,"
+            " owner_instance)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'accepted', ?, ?, ?, ?)"
             " ON CONFLICT DO NOTHING",
             (
                 job_id,
@@ -282,6 +340,7 @@ class JobStore:
                 cost,
                 now,
                 now,
+                self.instance,
             ),
         )
         return inserted == 1
@@ -296,8 +355,12 @@ class JobStore:
         message_id: str | None,
         model: str | None = None,
     ) -> None:
+        """The result is posted. Status ``posted``, not yet ``delivered``: the job
+        ends when its reservation is settled, so a process killed in between
+        leaves a job that the next one settles (it was posted) instead of a
+        finished job still holding credits."""
         await self._db.execute(
-            "UPDATE jobs SET status = 'delivered', charged = ?, seed = ?, images_json = ?,"
+            "UPDATE jobs SET status = 'posted', charged = ?, seed = ?, images_json = ?,"
             " message_id = ?, model = ?, updated_at = ? WHERE id = ?",
             (
                 charged,
@@ -315,6 +378,39 @@ class JobStore:
             "UPDATE jobs SET status = 'failed', error = ?, updated_at = ? WHERE id = ?",
             (reason[:500], _now(), job_id),
         )
+
+    # --- leases (bot.lease) ----------------------------------------------------
+    async def register_instance(
+        self, instance: str, host: str, pid: int, now: float, expires: float
+    ) -> None:
+        await self._db.execute(
+            "INSERT INTO instances (id, host, pid, state, started_at, renewed_at, expires_at)"
+            " VALUES (?, ?, ?, 'live', ?, ?, ?)",
+            (instance, host, pid, now, now, expires),
+        )
+
+    async def renew_instance(self, instance: str, now: float, expires: float) -> bool:
+        """False when the lease was taken over (or ended): the instance is gone."""
+        changed = await self._db.execute(
+            "UPDATE instances SET renewed_at = ?, expires_at = ? WHERE id = ? AND state = 'live'",
+            (now, expires, instance),
+        )
+        return changed == 1
+
+    async def release_instance(self, instance: str, now: float) -> None:
+        """A clean stop: whatever the instance still owns is adoptable at once."""
+        await self._db.execute(
+            "UPDATE instances SET state = 'stopped', expires_at = ?"
+            " WHERE id = ? AND state = 'live'",
+            (now, instance),
+        )
+
+    async def adopt(self, me: str, now: float) -> list[JobRecord]:
+        """Take the unfinished jobs of every instance that is not live (lease run
+        out, stopped, or never recorded), with their reservations."""
+        ids = await self._db.adopt(me, now)
+        records = [await self.get(job_id) for job_id in ids]
+        return [record for record in records if record is not None]
 
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await self._db.fetch(

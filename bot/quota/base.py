@@ -52,24 +52,31 @@ class Ledger(Protocol):
         ...
 
     async def settle(self, reservation: Reservation, actual_cost: int) -> None:
-        """Charge what was delivered (at most the reserved cost). Idempotent."""
+        """Charge what was delivered (at most the reserved cost). Idempotent.
+        Raises ``LeaseLost`` if another process adopted the reservation."""
         ...
 
     async def refund(self, reservation: Reservation, reason: str) -> None:
         """Release the hold. Idempotent; a no-op on a settled reservation."""
         ...
 
-    async def adopt(self, reservation_ids: Sequence[str]) -> dict[str, Reservation]:
-        """Take over reservations a previous process held (to finish their jobs);
-        returns those still held, by id. Crash sweeps no longer refund them."""
+    async def begin_delivery(self, reservation: Reservation) -> None:
+        """The result is about to be posted: raise ``LeaseLost`` if another
+        process has adopted the job, ``DeliveryError`` if the hold has ended;
+        otherwise the job stops counting as in progress (credits stay held)."""
         ...
 
     async def sweep_expired(self) -> list[Reservation]:
-        """Refund what expired or what a dead process left; returns the refunds."""
+        """Refund what is past its deadline; returns the refunds."""
         ...
 
     async def states(self, reservation_ids: Sequence[str]) -> dict[str, str]:
         """``reserved``, ``settled`` or ``refunded`` for each known reservation."""
+        ...
+
+    async def held_for(self, job_id: str) -> Reservation | None:
+        """The reservation a job still holds, if any (for a job whose journal
+        never recorded it: a process killed just after reserving)."""
         ...
 
 
@@ -108,6 +115,9 @@ class UnlimitedLedger:
         self._by_key[idempotency_key] = reservation
         return reservation
 
+    async def begin_delivery(self, reservation: Reservation) -> None:
+        return None
+
     async def settle(self, reservation: Reservation, actual_cost: int) -> None:
         if reservation.id not in self.refunded:
             self.settled.setdefault(reservation.id, actual_cost)
@@ -130,10 +140,5 @@ class UnlimitedLedger:
                 found[rid] = "reserved"
         return found
 
-    async def adopt(self, reservation_ids: Sequence[str]) -> dict[str, Reservation]:
-        held = {r.id: r for r in self._by_key.values()}
-        return {
-            rid: held[rid]
-            for rid in reservation_ids
-            if rid in held and rid not in self.settled and rid not in self.refunded
-        }
+    async def held_for(self, job_id: str) -> Reservation | None:
+        return None

@@ -30,15 +30,6 @@ class LimitOverride:
 
 
 @dataclass(frozen=True, slots=True)
-class Owner:
-    """The process holding a reservation (see ``bot.quota.owner``)."""
-
-    host: str | None
-    pid: int | None
-    started: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class Entry:
     """One row of the ledger: a reservation and what became of it."""
 
@@ -58,7 +49,10 @@ class Entry:
     period_start: datetime
     created_at: datetime
     updated_at: datetime
-    owner: Owner
+    # The instance (bot.lease) holding it; None: a process without a lease (the CLI).
+    owner: str | None
+    # Its result is being posted: credits still held, no longer "in progress".
+    delivering: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +68,7 @@ class NewEntry:
     cost: int
     period_start: datetime
     created_at: datetime
-    owner: Owner
+    owner: str | None
 
 
 @dataclass(frozen=True, slots=True)

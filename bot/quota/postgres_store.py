@@ -37,7 +37,6 @@ from bot.quota.models import (
     GuildConfig,
     LimitOverride,
     NewEntry,
-    Owner,
     ResetMarker,
     Totals,
 )
@@ -61,7 +60,7 @@ MAX_ATTEMPTS = 5
 _ENTRY_COLUMNS = (
     "id, reservation_id, guild_id, user_id, channel_id, job_id, idempotency_key, mode,"
     " prompt, cost_reserved, cost_settled, state, reason, period_start, created_at,"
-    " updated_at, owner_host, owner_pid, owner_started"
+    " updated_at, owner_instance, delivering"
 )
 
 _LOCK_ROW = "SELECT 1 FROM quota_locks WHERE scope = $1 FOR UPDATE"
@@ -281,9 +280,9 @@ class PostgresTx:
         row = await self._one(
             "INSERT INTO quota_entries (reservation_id, guild_id, user_id, channel_id, job_id,"  # noqa: S608
             " idempotency_key, mode, prompt, cost_reserved, state, period_start, created_at,"
-            " updated_at, owner_host, owner_pid, owner_started)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'reserved', $10, $11, $11, $12, $13,"
-            f" $14) RETURNING {_ENTRY_COLUMNS}",
+            " updated_at, owner_instance)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'reserved', $10, $11, $11, $12)"
+            f" RETURNING {_ENTRY_COLUMNS}",
             entry.reservation_id,
             entry.guild_id,
             entry.user_id,
@@ -295,9 +294,7 @@ class PostgresTx:
             entry.cost,
             _utc(entry.period_start),
             _utc(entry.created_at),
-            entry.owner.host,
-            entry.owner.pid,
-            entry.owner.started,
+            entry.owner,
         )
         return _entry(row)
 
@@ -320,13 +317,10 @@ class PostgresTx:
         )
         return count > 0
 
-    async def set_owner(self, reservation_id: str, owner: Owner, now: datetime) -> bool:
+    async def mark_delivering(self, reservation_id: str, now: datetime) -> bool:
         count = await self._run(
-            "UPDATE quota_entries SET owner_host = $1, owner_pid = $2, owner_started = $3,"
-            " updated_at = $4 WHERE reservation_id = $5 AND state = 'reserved'",
-            owner.host,
-            owner.pid,
-            owner.started,
+            "UPDATE quota_entries SET delivering = 1, updated_at = $1"
+            " WHERE reservation_id = $2 AND state = 'reserved'",
             _utc(now),
             reservation_id,
         )
@@ -374,7 +368,8 @@ class PostgresTx:
 
     async def in_flight(self, user_id: str) -> int:
         return await self._int(
-            "SELECT COUNT(*) FROM quota_entries WHERE user_id = $1 AND state = 'reserved'",
+            "SELECT COUNT(*) FROM quota_entries"
+            " WHERE user_id = $1 AND state = 'reserved' AND delivering = 0",
             user_id,
         )
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol, cast
 
-from bot.quota.models import Ban, Entry, EntryState, Grant, Owner, ResetMarker
+from bot.quota.models import Ban, Entry, EntryState, Grant, ResetMarker
 
 
 class Row(Protocol):
@@ -41,7 +41,8 @@ class RowMapper:
             period_start=self._time(row["period_start"]),
             created_at=self._time(row["created_at"]),
             updated_at=self._time(row["updated_at"]),
-            owner=Owner(host=row["owner_host"], pid=row["owner_pid"], started=row["owner_started"]),
+            owner=row["owner_instance"],
+            delivering=bool(row["delivering"]),
         )
 
     def grant(self, row: Row) -> Grant:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from bot.errors import ConfigError, QuotaRefused
+from bot.errors import ConfigError, DeliveryError, LeaseLost, QuotaRefused
 from bot.metrics import Observer
 from bot.migrate import is_postgres_url
 from bot.quota.base import Reservation
@@ -39,14 +39,12 @@ from bot.quota.models import (
     GuildConfig,
     JobInfo,
     NewEntry,
-    Owner,
     ResetMarker,
     ThresholdEvent,
     Totals,
     UsageBy,
     UsageRow,
 )
-from bot.quota.owner import current_owner, owner_gone
 from bot.quota.periods import PERIOD_WORDS, Period, parse_period, period_bounds, utc_day_bounds
 from bot.quota.periods import zone as check_zone
 from bot.quota.sqlite_store import SqliteLedgerStore
@@ -126,42 +124,19 @@ class QuotaService:
         self.now: Clock = now or _utcnow
         self.on_threshold = on_threshold
         self.observer = Observer()  # the bot sets its metrics here
-        self._owner: Owner | None = None
+        # The lease (bot.lease) of the process: reservations made here belong to
+        # it and only it settles or refunds them, unless another live process
+        # adopts them after the lease ran out. None: no lease (the CLI), and
+        # only RESERVATION_TIMEOUT ends a reservation left behind.
+        self.instance: str | None = None
+        self._started = False
 
     # --- life cycle ----------------------------------------------------------
     async def start(self, *, sweep: bool = True) -> list[Reservation]:
-        """Open the store (migrating it) and refund what expired or crashed.
-
-        A process that resumes jobs (the bot) passes ``sweep=False``, adopts the
-        reservations of the jobs it can finish, and sweeps after that.
-        """
-        self._owner = await asyncio.to_thread(current_owner)
+        """Open the store (migrating it) and refund what is past its deadline."""
         await self.store.open()
+        self._started = True
         return await self.sweep_expired() if sweep else []
-
-    async def adopt(self, reservation_ids: Sequence[str]) -> dict[str, Reservation]:
-        """Take over reservations of a previous process, so its jobs can be finished
-        here; crash sweeps then see a live owner. Returns those still held."""
-        me = self.owner
-        now = self.now()
-
-        async def run(tx: LedgerTx) -> dict[str, Reservation]:
-            held: dict[str, Reservation] = {}
-            for reservation_id in reservation_ids:
-                entry = await tx.entry_by_reservation(reservation_id)
-                # A live process (another bot sharing the database) keeps its jobs.
-                if entry is None or entry.state != "reserved":
-                    continue
-                if entry.owner != me and not owner_gone(entry.owner, me):
-                    continue
-                if await tx.set_owner(reservation_id, me, now):
-                    held[reservation_id] = self._reservation(entry)
-            return held
-
-        held = await self.store.write(run)
-        for reservation_id in held:
-            logger.info("adopted reservation %s to finish its job", reservation_id)
-        return held
 
     async def states(self, reservation_ids: Sequence[str]) -> dict[str, str]:
         """``reserved``, ``settled`` or ``refunded`` for each known reservation."""
@@ -176,6 +151,12 @@ class QuotaService:
 
         return await self.store.read(run)
 
+    async def held_for(self, job_id: str) -> Reservation | None:
+        entry = await self.store.read(lambda tx: tx.find_entry(job_id))
+        if entry is None or entry.job_id != job_id or entry.state != "reserved":
+            return None
+        return self._reservation(entry)
+
     async def close(self) -> None:
         await self.store.close()
 
@@ -188,12 +169,6 @@ class QuotaService:
                 await self.sweep_expired()
             except Exception:
                 logger.exception("quota sweep failed; will try again in %s s", delay)
-
-    @property
-    def owner(self) -> Owner:
-        if self._owner is None:
-            raise RuntimeError("QuotaService.start() has not been called")
-        return self._owner
 
     # --- helpers ---------------------------------------------------------------
     def _default_config(self, guild_id: str) -> GuildConfig:
@@ -364,7 +339,9 @@ class QuotaService:
             raise ValueError(f"cost must be 0 or more, not {cost}")
         if not idempotency_key:
             raise ValueError("an idempotency key is required")
-        owner = self.owner
+        if not self._started:
+            raise RuntimeError("QuotaService.start() has not been called")
+        owner = self.instance
         policy = self.policy
 
         async def run(tx: LedgerTx) -> tuple[Reservation, list[ThresholdEvent]]:
@@ -513,6 +490,9 @@ class QuotaService:
             if entry is None:
                 logger.warning("%s of unknown reservation %s ignored", state, reservation.id)
                 return False, []
+            if entry.owner is not None and entry.owner != self.instance:
+                # Adopted by another process after this one's lease ran out.
+                raise LeaseLost(reservation.id)
             if entry.state != "reserved":
                 logger.info(
                     "%s of reservation %s ignored: it is already %s",
@@ -553,6 +533,24 @@ class QuotaService:
         await self._fire(events)
         return changed
 
+    async def begin_delivery(self, reservation: Reservation) -> None:
+        """Before the result is posted: check the credits are still held by this
+        process and stop counting the job as in progress (its image is
+        appearing; a member who starts the next one right away is not refused
+        for it). The credits stay held until ``settle``."""
+
+        async def run(tx: LedgerTx) -> None:
+            entry = await tx.entry_by_reservation(reservation.id)
+            if entry is not None and entry.owner is not None and entry.owner != self.instance:
+                raise LeaseLost(reservation.id)
+            if entry is None or not await tx.mark_delivering(reservation.id, self.now()):
+                raise DeliveryError(
+                    "The hold on your credits ended before your images could be posted, "
+                    "so they were not posted and nothing was charged. Please try again."
+                )
+
+        await self.store.write(run)
+
     async def settle(self, reservation: Reservation, actual_cost: int) -> None:
         if actual_cost < 0:
             raise ValueError(f"actual_cost must be 0 or more, not {actual_cost}")
@@ -565,27 +563,18 @@ class QuotaService:
 
     # --- sweeping ------------------------------------------------------------------
     async def sweep_expired(self, now: datetime | None = None) -> list[Reservation]:
-        """Refund reservations past the deadline or left by a dead process.
+        """Refund reservations past ``reservation_timeout``.
 
-        See ``bot.quota.owner`` for when an owner counts as dead.
+        Reservations of a process that died are not refunded here: a live bot
+        adopts them with their jobs once the process's lease runs out
+        (``bot.lease``) and resumes or refunds each with a word to its member.
+        The deadline is the last resort, for holds nobody adopts (the CLI's).
         """
-        me = self.owner
         when = now or self.now()
         deadline = timedelta(seconds=self.policy.reservation_timeout)
         held = await self.store.read(lambda tx: tx.reserved_entries())
-
         expired = f"expired: not settled within {self.policy.reservation_timeout:g} s"
-
-        def classify() -> list[tuple[Entry, str]]:
-            chosen: list[tuple[Entry, str]] = []
-            for entry in held:
-                if when - entry.created_at >= deadline:
-                    chosen.append((entry, expired))
-                elif owner_gone(entry.owner, me):
-                    chosen.append((entry, f"crashed: owner process {entry.owner.pid} is gone"))
-            return chosen
-
-        chosen = await asyncio.to_thread(classify) if held else []
+        chosen = [(entry, expired) for entry in held if when - entry.created_at >= deadline]
         if not chosen:
             self.observer.reservations_swept([])
             return []
@@ -593,11 +582,6 @@ class QuotaService:
         async def run(tx: LedgerTx) -> list[tuple[Entry, str]]:
             done = []
             for entry, reason in chosen:
-                if reason.startswith("crashed"):
-                    # Adopted since it was read: its job is being finished elsewhere.
-                    current = await tx.entry_by_reservation(entry.reservation_id)
-                    if current is None or current.owner != entry.owner:
-                        continue
                 if await tx.finish_entry(entry.reservation_id, "refunded", None, reason, when):
                     done.append((entry, reason))
             return done

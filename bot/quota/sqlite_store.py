@@ -32,7 +32,6 @@ from bot.quota.models import (
     GuildConfig,
     LimitOverride,
     NewEntry,
-    Owner,
     ResetMarker,
     Totals,
 )
@@ -71,7 +70,7 @@ def _opt_dt(value: str | None) -> datetime | None:
 _ENTRY_COLUMNS = (
     "id, reservation_id, guild_id, user_id, channel_id, job_id, idempotency_key, mode,"
     " prompt, cost_reserved, cost_settled, state, reason, period_start, created_at,"
-    " updated_at, owner_host, owner_pid, owner_started"
+    " updated_at, owner_instance, delivering"
 )
 
 
@@ -263,8 +262,8 @@ class SqliteTx:
         self._run(
             "INSERT INTO quota_entries (reservation_id, guild_id, user_id, channel_id, job_id,"
             " idempotency_key, mode, prompt, cost_reserved, state, period_start, created_at,"
-            " updated_at, owner_host, owner_pid, owner_started)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?)",
+            " updated_at, owner_instance)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?)",
             (
                 entry.reservation_id,
                 entry.guild_id,
@@ -278,9 +277,7 @@ class SqliteTx:
                 self._db(entry.period_start),
                 stamp,
                 stamp,
-                entry.owner.host,
-                entry.owner.pid,
-                entry.owner.started,
+                entry.owner,
             ),
         )
         stored = await self.entry_by_reservation(entry.reservation_id)
@@ -302,11 +299,11 @@ class SqliteTx:
         )
         return count > 0
 
-    async def set_owner(self, reservation_id: str, owner: Owner, now: datetime) -> bool:
+    async def mark_delivering(self, reservation_id: str, now: datetime) -> bool:
         count = self._run(
-            "UPDATE quota_entries SET owner_host = ?, owner_pid = ?, owner_started = ?,"
-            " updated_at = ? WHERE reservation_id = ? AND state = 'reserved'",
-            (owner.host, owner.pid, owner.started, self._db(now), reservation_id),
+            "UPDATE quota_entries SET delivering = 1, updated_at = ?"
+            " WHERE reservation_id = ? AND state = 'reserved'",
+            (self._db(now), reservation_id),
         )
         return count > 0
 
@@ -354,7 +351,8 @@ class SqliteTx:
 
     async def in_flight(self, user_id: str) -> int:
         row = self._one(
-            "SELECT COUNT(*) AS n FROM quota_entries WHERE user_id = ? AND state = 'reserved'",
+            "SELECT COUNT(*) AS n FROM quota_entries"
+            " WHERE user_id = ? AND state = 'reserved' AND delivering = 0",
             (user_id,),
         )
         return 0 if row is None else int(row["n"])

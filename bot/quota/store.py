@@ -37,7 +37,6 @@ from bot.quota.models import (
     GuildConfig,
     LimitOverride,
     NewEntry,
-    Owner,
     ResetMarker,
     Totals,
 )
@@ -121,8 +120,8 @@ class LedgerTx(Protocol):
 
     async def reserved_entries(self) -> list[Entry]: ...
 
-    async def set_owner(self, reservation_id: str, owner: Owner, now: datetime) -> bool:
-        """Make ``owner`` the holder of a ``reserved`` entry; False if not reserved."""
+    async def mark_delivering(self, reservation_id: str, now: datetime) -> bool:
+        """Mark a ``reserved`` entry as being posted; False if it is not reserved."""
         ...
 
     async def entries(
@@ -142,7 +141,8 @@ class LedgerTx(Protocol):
         ...
 
     async def in_flight(self, user_id: str) -> int:
-        """The member's reservations (in any guild) not yet settled or refunded."""
+        """The member's reservations (in any guild) not yet settled or refunded,
+        leaving out those whose result is being posted."""
         ...
 
     async def totals(

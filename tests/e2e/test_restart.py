@@ -18,7 +18,7 @@ import pytest
 from bot.config import Settings
 from bot.quota import open_ledger
 from tests.e2e.conftest import populate
-from tests.e2e.test_generation import opt
+from tests.e2e.test_generation import final, opt
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.providers import Hang, Processing, ProviderEmulator
 
@@ -31,15 +31,18 @@ class BotProcess:
     async def start(self, discord_emu: DiscordEmulator, *, all_shards: bool = True) -> None:
         identified = discord_emu.identifies
         with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "--env-file", os.devnull, "run",
-                env=self.env, cwd=self.cwd, stdout=log, stderr=log,
-            )  # fmt: skip
+            self.process = await self._spawn(log)
         await discord_emu.wait_for(
             lambda: discord_emu.identifies > identified, timeout=30, what="bot IDENTIFY"
         )
         if all_shards:  # with one process per shard, only the last start sees them all
             await discord_emu.wait_until_ready()
+
+    async def _spawn(self, log: Any) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "--env-file", os.devnull, "run",
+            env=self.env, cwd=self.cwd, stdout=log, stderr=log,
+        )  # fmt: skip
 
     def kill(self) -> None:
         assert self.process is not None
@@ -86,6 +89,9 @@ async def setup(tmp_path):
             "RETRY_BACKOFF_MAX": "0.05",
             "DEFAULT_POOL_CREDITS": "100",
             "SHUTDOWN_GRACE": "0.5",
+            # A killed process's jobs are adopted once its lease runs out.
+            "LEASE_TIMEOUT": "3",
+            "LEASE_INTERVAL": "0.5",
         }
         bot = BotProcess(env, tmp_path, tmp_path / "bot.log")
         try:
@@ -255,3 +261,81 @@ async def test_killed_while_uploading_posts_once_on_the_next_start(setup):
     assert len(providers.requests_to("text2img")) == 1
     balance = await guild_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (1, 0)
+
+
+async def test_sigterm_during_a_synchronous_call_refunds_and_says_why(setup):
+    """A deploy while Nano Banana Pro works synchronously: nothing to resume, so
+    the member hears it at once instead of a "thinking…" that never ends."""
+    discord_emu, providers, ids, bot, env = setup
+    await bot.start(discord_emu)
+    providers.script("nbpro", Hang(120))
+    interaction = await imagine(discord_emu, ids, "deployed mid-call", provider="nanobanana")
+    await discord_emu.wait_for(lambda: bool(providers.requests_to("nbpro")), timeout=20)
+    assert await bot.terminate() == 0
+    assert interaction.original.content.startswith("❌ The bot is restarting")
+    assert "nothing was charged" in interaction.original.content
+    balance = await guild_balance(env, ids["guild_id"])
+    assert (balance.used, balance.reserved) == (0, 0)
+
+    # The next start has nothing left to tell: the member heard once.
+    await bot.start(discord_emu)
+    after = await imagine(discord_emu, ids, "after the deploy", provider="modelslab")
+    assert (await final(after, within=30)).embeds
+    assert notices_in(discord_emu, ids["channel_id"], ids["member_id"]) == []
+
+
+async def test_sigterm_while_uploading_finishes_the_upload_and_charges_once(setup):
+    discord_emu, providers, ids, bot, env = setup
+    bot.env["PROGRESS_INTERVAL"] = "600"  # the first PATCH of the reply is the upload
+    await bot.start(discord_emu)
+    # The upload is held past SHUTDOWN_GRACE by a 429.
+    discord_emu.fail_next(
+        "PATCH", r"/webhooks/\d+/[^/]+/messages/@original", status=429, retry_after=2
+    )
+    providers.script("text2img", Processing(polls=2, eta=0.1))
+    interaction = await imagine(discord_emu, ids, "caught mid-upload by a deploy")
+    await discord_emu.wait_for(
+        lambda: any(r.injected for r in discord_emu.requests), timeout=30, what="held upload"
+    )
+    assert await bot.terminate() == 0
+    assert interaction.original.embeds  # posted before the process ended
+    balance = await guild_balance(env, ids["guild_id"])
+    assert (balance.used, balance.reserved) == (1, 0)
+
+    await bot.start(discord_emu)
+    # The next start adopts nothing: a second post or notice would show here.
+    after = await imagine(discord_emu, ids, "next")
+    assert (await final(after, within=30)).embeds
+    assert results_in(discord_emu, ids["channel_id"]) == []
+    assert notices_in(discord_emu, ids["channel_id"], ids["member_id"]) == []
+    assert len(providers.requests_to("text2img")) == 2
+
+
+async def test_a_recovery_notice_discord_refuses_does_not_stop_the_start(setup):
+    discord_emu, providers, ids, bot, env = setup
+    await bot.start(discord_emu)
+    providers.script("nbpro", Hang(120))
+    await imagine(discord_emu, ids, "its channel is gone", provider="nanobanana")
+    await discord_emu.wait_for(lambda: bool(providers.requests_to("nbpro")), timeout=20)
+    bot.kill()
+    await bot.wait()
+
+    # The notice after the restart is refused (the channel was deleted meanwhile).
+    discord_emu.fail_next(
+        "POST",
+        r"/channels/\d+/messages$",
+        status=404,
+        body={"code": 10003, "message": "Unknown Channel"},
+    )
+    await bot.start(discord_emu)
+
+    # The job is refunded before its member is told: by the refused notice, it is.
+    await discord_emu.wait_for(
+        lambda: any(r.injected for r in discord_emu.requests), timeout=30, what="refused notice"
+    )
+    balance = await guild_balance(env, ids["guild_id"])
+    assert (balance.used, balance.reserved) == (0, 0)
+    # Still up and serving.
+    interaction = await imagine(discord_emu, ids, "still here")
+    assert (await final(interaction, within=30)).embeds
+    assert bot.process is not None and bot.process.returncode is None
