@@ -109,6 +109,17 @@ async def guild_balance(env: dict[str, str], guild_id: int) -> Any:
         return (await ledger.balance(str(guild_id))).guild
 
 
+async def settled_balance(env: dict[str, str], guild_id: int) -> Any:
+    """The guild's balance once nothing is held: a result is posted before its
+    credits are settled, so a test that saw the post waits for the settle."""
+    for _ in range(300):
+        balance = await guild_balance(env, guild_id)
+        if balance.reserved == 0:
+            return balance
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"credits still held: {balance}")
+
+
 def results_in(discord_emu: DiscordEmulator, channel_id: int) -> list[Any]:
     """Results posted as channel messages (not as interaction responses)."""
     return [
@@ -156,7 +167,7 @@ async def test_killed_while_polling_resumes_and_delivers_once(setup):
     assert posted.attachments
     assert len(providers.requests_to("fetch")) > polls_before  # it polled again
     assert len(providers.requests_to("text2img")) == 1  # and never submitted twice
-    balance = await guild_balance(env, ids["guild_id"])
+    balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (1, 0)
 
 
@@ -173,7 +184,7 @@ async def test_killed_while_downloading_fetches_again(setup):
     await bot.start(discord_emu)
     await discord_emu.wait_for(lambda: results_in(discord_emu, ids["channel_id"]), timeout=60)
     assert len(providers.requests_to("text2img")) == 1
-    balance = await guild_balance(env, ids["guild_id"])
+    balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (1, 0)
 
 
@@ -194,7 +205,7 @@ async def test_killed_during_a_synchronous_call_refunds_and_says_why(setup):
     )
     (notice,) = notices_in(discord_emu, ids["channel_id"], member)
     assert "nothing was charged" in notice.content
-    balance = await guild_balance(env, ids["guild_id"])
+    balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (0, 0)
 
 
@@ -216,7 +227,7 @@ async def test_killed_while_queued_refunds_the_waiting_job(setup):
     await discord_emu.wait_for(
         lambda: len(notices_in(discord_emu, ids["channel_id"], member)) >= 2, timeout=30
     )
-    balance = await guild_balance(env, ids["guild_id"])
+    balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (0, 0)
 
 
@@ -232,7 +243,7 @@ async def test_sigterm_hands_over_and_the_next_start_delivers(setup):
 
     await bot.start(discord_emu)
     await discord_emu.wait_for(lambda: results_in(discord_emu, ids["channel_id"]), timeout=60)
-    balance = await guild_balance(env, ids["guild_id"])
+    balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (1, 0)
     discord_emu.assert_no_violations()
 
@@ -259,7 +270,7 @@ async def test_killed_while_uploading_posts_once_on_the_next_start(setup):
     await asyncio.sleep(0.5)
     assert len(results_in(discord_emu, ids["channel_id"])) == 1
     assert len(providers.requests_to("text2img")) == 1
-    balance = await guild_balance(env, ids["guild_id"])
+    balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (1, 0)
 
 
@@ -274,7 +285,7 @@ async def test_sigterm_during_a_synchronous_call_refunds_and_says_why(setup):
     assert await bot.terminate() == 0
     assert interaction.original.content.startswith("❌ The bot is restarting")
     assert "nothing was charged" in interaction.original.content
-    balance = await guild_balance(env, ids["guild_id"])
+    balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (0, 0)
 
     # The next start has nothing left to tell: the member heard once.
@@ -299,7 +310,7 @@ async def test_sigterm_while_uploading_finishes_the_upload_and_charges_once(setu
     )
     assert await bot.terminate() == 0
     assert interaction.original.embeds  # posted before the process ended
-    balance = await guild_balance(env, ids["guild_id"])
+    balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (1, 0)
 
     await bot.start(discord_emu)
@@ -333,7 +344,7 @@ async def test_a_recovery_notice_discord_refuses_does_not_stop_the_start(setup):
     await discord_emu.wait_for(
         lambda: any(r.injected for r in discord_emu.requests), timeout=30, what="refused notice"
     )
-    balance = await guild_balance(env, ids["guild_id"])
+    balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (0, 0)
     # Still up and serving.
     interaction = await imagine(discord_emu, ids, "still here")
