@@ -85,6 +85,7 @@ def request_to_dict(request: GenerationRequest) -> dict[str, Any]:
         "size": request.size,
         "safety_checker": request.safety_checker,
         "options": dict(request.options),
+        "style": request.style,
         "requester": {
             "guild_id": request.requester.guild_id,
             "user_id": request.requester.user_id,
@@ -126,6 +127,7 @@ def request_from_json(text: str) -> GenerationRequest:
         size=data.get("size"),
         safety_checker=data.get("safety_checker"),
         options=data.get("options") or {},
+        style=data.get("style"),
         requester=Requester(
             guild_id=str(requester.get("guild_id", "local")),
             user_id=str(requester.get("user_id", "local")),
@@ -418,6 +420,11 @@ class JobStore:
             (job_id,),
         )
         return _record(rows[0]) if rows else None
+
+    @property
+    def database(self) -> _Database:
+        """The connection other guild-scoped stores share (styles, ...)."""
+        return self._db
 
     async def allowed_channels(self, guild_id: str) -> set[str]:
         rows = await self._db.fetch(

@@ -68,6 +68,8 @@ class GenerationRequest:
     safety_checker: bool | None = None
     # Provider-specific extras by their API names (scheduler, guidance_scale, ...).
     options: Mapping[str, Any] = field(default_factory=lambda: EMPTY_OPTIONS)
+    # The style already applied to prompt and defaults (bot.compose), for the record.
+    style: str | None = None
     requester: Requester = field(default_factory=Requester)
     # Interaction id on Discord, a fresh uuid on the CLI: the same key never pays twice.
     idempotency_key: str = ""

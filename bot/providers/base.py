@@ -64,9 +64,19 @@ class Capabilities:
     options: Mapping[str, OptionSpec] = field(default_factory=dict)
     # Largest reference image the provider takes as an upload, if it takes uploads.
     max_reference_bytes: int | None = None
+    # Size tiers by mode where they differ from ``size_tiers``.
+    mode_size_tiers: Mapping[Mode, tuple[str, ...]] = field(default_factory=dict)
+    # The API makes one image per call: samples above 1 are made by parallel calls,
+    # each taking its own place among the provider's concurrent calls.
+    one_image_per_call: bool = False
+    takes_negative_prompt: bool = True
 
     def supports(self, mode: Mode) -> bool:
         return mode in self.modes
+
+    def sizes_for(self, mode: Mode) -> tuple[str, ...]:
+        """The size tiers (1k, 2k, 4k) this provider offers for ``mode``."""
+        return self.mode_size_tiers.get(mode, self.size_tiers)
 
 
 class Provider(Protocol):
