@@ -28,6 +28,7 @@ from bot.lease import Lease
 from bot.metrics import Observer, instrument, observer_for, serve_metrics
 from bot.recovery import Recovery, RecoveryFront
 from bot.runtime import Runtime, open_runtime
+from bot.styles import StyleStore
 
 log = logging.getLogger("bot.app")
 
@@ -118,6 +119,7 @@ class ImageBot(commands.AutoShardedBot):
         self.runtime = runtime
         self.settings = runtime.settings
         self.jobs = jobs
+        self.styles = StyleStore(jobs.database)
         runtime.pipeline.journal = jobs
         self.sync_only = sync_only
         self.accepting = True  # False while shutting down: no new jobs

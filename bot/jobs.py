@@ -623,6 +623,11 @@ class Pipeline:
         async def on_position(position: int) -> None:
             await _report(delivery, job, Progress(stage=Stage.QUEUED, queue_position=position))
 
+        if provider.capabilities.one_image_per_call and attempt.request.samples > 1:
+            output = await self._fan_out(job, attempt, delivery, on_position)
+            return await self._finish_output(
+                job, attempt.request, attempt.unit_cost, output, delivery
+            )
         async with self.slots[provider.name].slot(on_position):
             if provider.name != job.provider:
                 # A failover: the journal must name the provider a restart would
@@ -634,6 +639,57 @@ class Pipeline:
                     attempt.request, self._progress_reporter(job, delivery)
                 )
         return await self._finish_output(job, attempt.request, attempt.unit_cost, output, delivery)
+
+    async def _fan_out(
+        self,
+        job: Job,
+        attempt: _Attempt,
+        delivery: Delivery,
+        on_position: Callable[[int], Awaitable[None]],
+    ) -> ProviderOutput:
+        """One call per image for a provider that makes one image per call, each
+        in its own provider slot (so NANOBANANA_CONCURRENCY bounds calls, not
+        jobs). The images that arrive make one result; only they are charged.
+        Fails only when every call failed, with the first call's error."""
+        provider = attempt.provider
+        single = replace(attempt.request, samples=1)
+        reporter = self._progress_reporter(job, delivery)
+        if provider.name != job.provider:
+            await self._record(job, "submitting", provider=provider.name)
+
+        async def one(index: int) -> ProviderOutput:
+            # Queue positions of the first call stand for the job's.
+            async with self.slots[provider.name].slot(on_position if index == 0 else None):
+                if index == 0:
+                    await _report(delivery, job, Progress(stage=Stage.SUBMITTING))
+                return await provider.generate(single, reporter)
+
+        results = await asyncio.gather(
+            *(one(index) for index in range(attempt.request.samples)), return_exceptions=True
+        )
+        outputs: list[OutputRef] = []
+        first: ProviderOutput | None = None
+        errors: list[ProviderError] = []
+        for result in results:
+            if isinstance(result, ProviderError):
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                first = first or result
+                outputs.extend(result.outputs[:1])
+        if first is None:
+            raise errors[0]
+        if errors:
+            log.warning(
+                "job %s: %d of %d calls to %s failed (%s); delivering the rest",
+                job.id,
+                len(errors),
+                len(results),
+                provider.name,
+                type(errors[0]).__name__,
+            )
+        return replace(first, outputs=tuple(outputs))
 
     async def _finish_output(
         self,

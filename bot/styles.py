@@ -1,7 +1,7 @@
 """Styles: a prompt template, an optional negative prompt and optional defaults.
 
 A few built-in styles ship with the bot; a guild's moderators add their own
-(``/style add``), which live in the ``guild_styles`` table (migration 006).
+(``/style add``), which live in the ``guild_styles`` table (migration 009).
 Everyone picks one with the ``style`` option or ``--style NAME`` in the prompt.
 No Discord here: the ``/style`` cog and the CLI share it.
 

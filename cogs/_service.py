@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.blocklist import REFUSAL, Rule
+from bot.compose import compose as compose_request
 from bot.config import DISCORD_CDN_HOSTS
 from bot.errors import BotError, ImageError, UserError
 from bot.images import download, too_large_message
@@ -79,8 +80,14 @@ class GenerationService:
         interaction: discord.Interaction[ImageBot],
         request: GenerationRequest,
         attachments: Sequence[discord.Attachment] = (),
+        *,
+        style: str | None = None,
+        compose: bool = True,
     ) -> JobOutcome | None:
-        """Acknowledge at once, then run the job; every failure reaches the member."""
+        """Acknowledge at once, then run the job; every failure reaches the member.
+
+        ``compose`` reads the prompt's parameters and applies ``style`` (see
+        ``bot.compose``); a re-roll passes False, its request being composed already."""
         if not self.bot.accepting:
             raise UserError("The bot is restarting; please try again in a minute.")
         if not await self._prompt_allowed(interaction, request):
@@ -94,20 +101,22 @@ class GenerationService:
                 log.warning("could not acknowledge interaction %s: %s", interaction.id, exc)
                 return None
         delivery = DiscordDelivery(self.bot, interaction)
-        try:
-            await self._check_channel(interaction)
-            references = await self.load_attachments(attachments)
-        except BotError as error:
-            await delivery.fail(None, error)
-            return None
         request = replace(
             request,
-            references=request.references + tuple(references),
             requester=requester_of(interaction),
             idempotency_key=str(interaction.id),
             # The provider's safety checker stays on outside age-restricted channels.
             safety_checker=None if is_age_restricted(interaction) else True,
         )
+        try:
+            await self._check_channel(interaction)
+            if compose:
+                request = await self.compose(interaction, request, style=style)
+            references = await self.load_attachments(attachments)
+        except BotError as error:
+            await delivery.fail(None, error)
+            return None
+        request = replace(request, references=request.references + tuple(references))
         return await self.bot.run_job(self.bot.runtime.pipeline.run(request, delivery))
 
     async def _prompt_allowed(
@@ -146,6 +155,18 @@ class GenerationService:
             await self.bot.get_partial_messageable(int(channel_id)).send(
                 text, allowed_mentions=NO_MENTIONS
             )
+
+    async def compose(
+        self,
+        interaction: discord.Interaction[ImageBot],
+        request: GenerationRequest,
+        *,
+        style: str | None,
+    ) -> GenerationRequest:
+        """Prompt parameters, the style and defaults applied (``bot.compose``)."""
+        return await compose_request(
+            request, pipeline=self.bot.runtime.pipeline, styles=self.bot.styles, style=style
+        )
 
     async def _check_channel(self, interaction: discord.Interaction[Any]) -> None:
         if interaction.guild_id is None:
@@ -270,7 +291,7 @@ class GenerationService:
         except BotError as error:
             await DiscordDelivery(self.bot, interaction).fail(None, error)
             return
-        await self.start(interaction, request)
+        await self.start(interaction, request, compose=False)
 
     async def vary(
         self,

@@ -12,9 +12,10 @@ from discord import app_commands
 from discord.app_commands import Choice, Range
 from discord.ext import commands
 
-from bot.errors import UserError
+from bot.errors import BotError, UserError
 from bot.models import GenerationRequest, Mode
 from bot.providers.base import ASPECT_RATIOS
+from bot.providers.modelslab import INFERENCE_STEPS, SCHEDULERS
 from cogs._service import GenerationService
 from cogs._views import GENERATION_COG, JobButton, PromptModal
 
@@ -22,7 +23,29 @@ if TYPE_CHECKING:
     from bot.app import ImageBot
 
 ASPECT_CHOICES = [Choice(name=ratio, value=ratio) for ratio in ASPECT_RATIOS]
+STEPS_CHOICES = [Choice(name=steps, value=steps) for steps in INFERENCE_STEPS]
 SEED_MAX = 4_294_967_295
+MODES = {"imagine": Mode.TEXT, "edit": Mode.EDIT, "blend": Mode.BLEND}
+
+
+def _mode_of(interaction: discord.Interaction[Any]) -> Mode:
+    return MODES.get(interaction.command.name if interaction.command else "", Mode.TEXT)
+
+
+def _advanced(
+    steps: str | None, guidance: float | None, scheduler: str | None, enhance: bool | None
+) -> dict[str, Any]:
+    """ModelsLab's advanced options by their API names; unset ones are left out."""
+    options: dict[str, Any] = {}
+    if steps is not None:
+        options["num_inference_steps"] = steps
+    if guidance is not None:
+        options["guidance_scale"] = guidance
+    if scheduler is not None:
+        options["scheduler"] = scheduler
+    if enhance is not None:
+        options["enhance_prompt"] = "yes" if enhance else "no"
+    return options
 
 
 class Generation(commands.Cog, name=GENERATION_COG):
@@ -48,9 +71,7 @@ class Generation(commands.Cog, name=GENERATION_COG):
     async def provider_autocomplete(
         self, interaction: discord.Interaction[Any], current: str
     ) -> list[Choice[str]]:
-        mode = {"imagine": Mode.TEXT, "edit": Mode.EDIT, "blend": Mode.BLEND}.get(
-            interaction.command.name if interaction.command else "", Mode.TEXT
-        )
+        mode = _mode_of(interaction)
         return [
             Choice(name=name, value=name)
             for name, provider in self.bot.runtime.providers.items()
@@ -67,6 +88,47 @@ class Generation(commands.Cog, name=GENERATION_COG):
             :25
         ]
 
+    async def size_autocomplete(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[Choice[str]]:
+        """The sizes of the provider this command would use (the one typed in its
+        provider option, else the default for the mode), with their price."""
+        mode = _mode_of(interaction)
+        pipeline = self.bot.runtime.pipeline
+        chosen = getattr(interaction.namespace, "provider", None)
+        try:
+            provider = pipeline.choose_provider(
+                GenerationRequest(mode=mode, prompt="", provider=chosen or None)
+            )
+        except BotError:
+            return []
+        choices = []
+        for size in provider.capabilities.sizes_for(mode):
+            if current.strip().lower() not in size:
+                continue
+            probe = GenerationRequest(mode=mode, prompt="", size=size)
+            cost = pipeline.price(provider, probe)
+            unit = "credit" if cost == 1 else "credits"
+            choices.append(Choice(name=f"{size} · {cost} {unit} per image", value=size))
+        return choices
+
+    async def style_autocomplete(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[Choice[str]]:
+        styles = await self.bot.styles.list(str(interaction.guild_id))
+        wanted = current.strip().lower()
+        return [
+            Choice(name=f"{style.name} · {style.summary()}"[:100], value=style.name)
+            for style in styles
+            if wanted in style.name
+        ][:25]
+
+    async def scheduler_autocomplete(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[Choice[str]]:
+        wanted = current.strip().lower()
+        return [Choice(name=s, value=s) for s in SCHEDULERS if wanted in s.lower()][:25]
+
     # --- slash commands --------------------------------------------------------
     @app_commands.command(name="imagine", description="Make images from a text prompt")
     @app_commands.describe(
@@ -77,9 +139,21 @@ class Generation(commands.Cog, name=GENERATION_COG):
         seed="A number to repeat a result; empty for random",
         provider="Which image service to use",
         model="Which model to use (ModelsLab)",
+        size="Resolution: 1k, 2k or 4k where the service offers it",
+        style="A saved look: prompt template and defaults (/style list)",
+        steps="Denoising steps (ModelsLab)",
+        guidance="How closely to follow the prompt, 1-20 (ModelsLab)",
+        scheduler="Sampling scheduler (ModelsLab)",
+        enhance_prompt="Let ModelsLab improve the prompt (its default: yes)",
     )
-    @app_commands.choices(aspect_ratio=ASPECT_CHOICES)
-    @app_commands.autocomplete(provider=provider_autocomplete, model=model_autocomplete)
+    @app_commands.choices(aspect_ratio=ASPECT_CHOICES, steps=STEPS_CHOICES)
+    @app_commands.autocomplete(
+        provider=provider_autocomplete,
+        model=model_autocomplete,
+        size=size_autocomplete,
+        style=style_autocomplete,
+        scheduler=scheduler_autocomplete,
+    )
     @app_commands.guild_only()
     async def imagine(
         self,
@@ -91,6 +165,12 @@ class Generation(commands.Cog, name=GENERATION_COG):
         seed: Range[int, 0, SEED_MAX] | None = None,
         provider: str | None = None,
         model: str | None = None,
+        size: str | None = None,
+        style: str | None = None,
+        steps: str | None = None,
+        guidance: Range[float, 1.0, 20.0] | None = None,
+        scheduler: str | None = None,
+        enhance_prompt: bool | None = None,
     ) -> None:
         request = GenerationRequest(
             mode=Mode.TEXT,
@@ -101,8 +181,10 @@ class Generation(commands.Cog, name=GENERATION_COG):
             seed=seed,
             provider=provider,
             model=model,
+            size=size,
+            options=_advanced(steps, guidance, scheduler, enhance_prompt),
         )
-        await self.service.start(interaction, request)
+        await self.service.start(interaction, request, style=style)
 
     @app_commands.command(name="edit", description="Change an image with a prompt")
     @app_commands.describe(
@@ -113,9 +195,13 @@ class Generation(commands.Cog, name=GENERATION_COG):
         samples="How many images (1-4)",
         seed="A number to repeat a result; empty for random",
         provider="Which image service to use",
+        size="Resolution: 1k, 2k or 4k where the service offers it",
+        style="A saved look: prompt template and defaults (/style list)",
     )
     @app_commands.choices(aspect_ratio=ASPECT_CHOICES)
-    @app_commands.autocomplete(provider=provider_autocomplete)
+    @app_commands.autocomplete(
+        provider=provider_autocomplete, size=size_autocomplete, style=style_autocomplete
+    )
     @app_commands.guild_only()
     async def edit(
         self,
@@ -127,6 +213,8 @@ class Generation(commands.Cog, name=GENERATION_COG):
         samples: Range[int, 1, 4] = 1,
         seed: Range[int, 0, SEED_MAX] | None = None,
         provider: str | None = None,
+        size: str | None = None,
+        style: str | None = None,
     ) -> None:
         request = GenerationRequest(
             mode=Mode.EDIT,
@@ -136,8 +224,9 @@ class Generation(commands.Cog, name=GENERATION_COG):
             samples=samples,
             seed=seed,
             provider=provider,
+            size=size,
         )
-        await self.service.start(interaction, request, [image])
+        await self.service.start(interaction, request, [image], style=style)
 
     @app_commands.command(name="blend", description="Combine several images with a prompt")
     @app_commands.describe(
@@ -152,9 +241,14 @@ class Generation(commands.Cog, name=GENERATION_COG):
         samples="How many images (1-4)",
         seed="A number to repeat a result; empty for random",
         provider="Which image service to use",
+        negative_prompt="What to leave out",
+        size="Resolution: 1k, 2k or 4k where the service offers it",
+        style="A saved look: prompt template and defaults (/style list)",
     )
     @app_commands.choices(aspect_ratio=ASPECT_CHOICES)
-    @app_commands.autocomplete(provider=provider_autocomplete)
+    @app_commands.autocomplete(
+        provider=provider_autocomplete, size=size_autocomplete, style=style_autocomplete
+    )
     @app_commands.guild_only()
     async def blend(
         self,
@@ -170,17 +264,22 @@ class Generation(commands.Cog, name=GENERATION_COG):
         samples: Range[int, 1, 4] = 1,
         seed: Range[int, 0, SEED_MAX] | None = None,
         provider: str | None = None,
+        negative_prompt: Range[str, 1, 1000] | None = None,
+        size: str | None = None,
+        style: str | None = None,
     ) -> None:
         images = [a for a in (image1, image2, image3, image4, image5, image6) if a is not None]
         request = GenerationRequest(
             mode=Mode.BLEND,
             prompt=prompt,
+            negative_prompt=negative_prompt,
             aspect_ratio=aspect_ratio,
             samples=samples,
             seed=seed,
             provider=provider,
+            size=size,
         )
-        await self.service.start(interaction, request, images)
+        await self.service.start(interaction, request, images, style=style)
 
     # --- context menus -----------------------------------------------------------
     @app_commands.guild_only()

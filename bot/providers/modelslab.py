@@ -23,6 +23,11 @@ Choices made where the docs leave room:
   without re-encoding. Members can still ask for up to 2048.
 * An ``aspect_ratio`` puts the long side at the mode's maximum (16:9 is
   1024×576 on text2img and 2048×1152 on nano_banana).
+* ``size`` tiers map to the largest documented dimensions: ``1k`` puts the long
+  side at 1024 (text2img's maximum), ``2k`` at 2048 (nano_banana's maximum, so
+  edit and blend only); ``4k`` is beyond every endpoint. Where a ratio would push
+  the short side under nano_banana's 1024 minimum, the short side stays at 1024.
+  The price stays the mode's: the cost table has no size tiers for ModelsLab.
 * Prompts are capped at 2000 characters: far beyond what the models attend to,
   short enough to keep request bodies and logs small.
 * ``safety_checker`` only exists on text2img; nano_banana has no such parameter
@@ -112,6 +117,11 @@ SCHEDULERS: tuple[str, ...] = (
 )
 SAFETY_CHECKER_TYPES: tuple[str, ...] = ("blur", "sensitive_content_text", "pixelate", "black")
 INFERENCE_STEPS: tuple[str, ...] = ("21", "31", "41")
+# The long side of each size tier, in pixels.
+SIZE_PIXELS: Mapping[str, int] = MappingProxyType({"1k": 1024, "2k": 2048})
+MODE_SIZES: Mapping[Mode, tuple[str, ...]] = MappingProxyType(
+    {Mode.TEXT: ("1k",), Mode.EDIT: ("1k", "2k"), Mode.BLEND: ("1k", "2k")}
+)
 
 ENDPOINTS: Mapping[Mode, str] = MappingProxyType(
     {Mode.TEXT: "text2img", Mode.EDIT: "nano_banana/img2img", Mode.BLEND: "nano_banana/multi_ref"}
@@ -218,6 +228,8 @@ def build_capabilities(settings: Settings) -> Capabilities:
         models=models,
         options=MappingProxyType({spec.name: spec for spec in OPTION_SPECS}),
         max_reference_bytes=None,  # references go by URL only
+        size_tiers=tuple(SIZE_PIXELS),
+        mode_size_tiers=MODE_SIZES,
     )
 
 
@@ -308,12 +320,6 @@ class ModelsLabProvider:
     # --- validation -----------------------------------------------------------
     def validate(self, request: GenerationRequest) -> GenerationRequest:
         caps = self.capabilities
-        if request.size is not None:
-            raise ValidationError(
-                "size",
-                "size (1k, 2k, 4k) is a Nano Banana Pro setting; on ModelsLab use "
-                "aspect_ratio or width and height.",
-            )
         checked = check_common(
             caps, request, display_name=DISPLAY_NAME, max_prompt_length=MAX_PROMPT_LENGTH
         )
@@ -367,6 +373,8 @@ class ModelsLabProvider:
 
     def _check_size(self, request: GenerationRequest) -> tuple[int, int]:
         rule = self.capabilities.pixel_sizes[request.mode]
+        if request.size is not None:
+            return self._tier_size(request, rule)
         given_w = None if request.width is None else check_dimension("width", request.width, rule)
         given_h = (
             None if request.height is None else check_dimension("height", request.height, rule)
@@ -386,6 +394,41 @@ class ModelsLabProvider:
             return width, height
         default_w, default_h = self._default_size(request, rule)
         return (given_w or default_w), (given_h or default_h)
+
+    def _tier_size(self, request: GenerationRequest, rule: SizeRule) -> tuple[int, int]:
+        """Pixels for a size tier: the long side at the tier, in the aspect ratio
+        asked for, else the reference's (edit), else square."""
+        tiers = self.capabilities.sizes_for(request.mode)
+        size = check_choice("size", request.size, ("1k", "2k", "4k"))
+        if size not in tiers:
+            where = "text to image" if request.mode is Mode.TEXT else request.mode.value
+            largest = max(rule.maximum, 0)
+            raise ValidationError(
+                "size",
+                f"size {size} is not available for {where} on ModelsLab (at most "
+                f"{largest}×{largest}); choose {' or '.join(tiers)}"
+                + (", or Nano Banana Pro for 2k and 4k." if size != "1k" else "."),
+            )
+        long_side = SIZE_PIXELS[size]
+        parts: tuple[int, int] = (1, 1)
+        if request.aspect_ratio is not None:
+            w_part, h_part = (int(p) for p in request.aspect_ratio.split(":"))
+            parts = (w_part, h_part)
+        elif request.mode is Mode.EDIT and request.references:
+            ref = request.references[0]
+            if ref.width and ref.height:
+                parts = (ref.width, ref.height)
+        scale = long_side / max(parts)
+        width, height = fit_size(round(parts[0] * scale), round(parts[1] * scale), rule)
+        # Equal values are what validate() itself fills in: re-validating a
+        # validated request must succeed.
+        if (request.width not in (None, width)) or (request.height not in (None, height)):
+            raise ValidationError(
+                "size",
+                f"Give either size or width and height, not both (size {size} means "
+                f"{width}×{height} here).",
+            )
+        return width, height
 
     @staticmethod
     def _default_size(request: GenerationRequest, rule: SizeRule) -> tuple[int, int]:

@@ -93,7 +93,10 @@ def build_capabilities(settings: Settings) -> Capabilities:
         provider=NAME,
         modes=modes,
         reference_limits=MappingProxyType(limits),
-        max_samples=1,
+        # One image per call: samples above 1 are parallel calls (bot.jobs fans out).
+        max_samples=4,
+        one_image_per_call=True,
+        takes_negative_prompt=False,
         seed_range=(0, 0),  # no seed parameter; validate() rejects one outright
         size_tiers=ALL_SIZES if settings.nanobanana_allow_4k else ALL_SIZES[:2],
         aspect_ratios=ASPECT_RATIOS,

@@ -477,8 +477,13 @@ OUT_OF_RANGE = [
         "aspect_ratio must be one of 1:1, 2:3, 3:2, 3:4, 4:3, 9:16, 16:9, 21:9 (got 5:7).",
     ),
     (
-        [opt("provider", "nanobanana"), opt("samples", 2, INTEGER)],
-        "samples must be 1 for nanobanana: it makes one image per request (got 2).",
+        [opt("provider", "nanobanana"), opt("size", "8k")],
+        "size must be one of 1k, 2k, 4k (got 8k).",
+    ),
+    (
+        [opt("size", "2k")],
+        "size 2k is not available for text to image on ModelsLab (at most 1024×1024); "
+        "choose 1k, or Nano Banana Pro for 2k and 4k.",
     ),
     (
         [opt("provider", "nanobanana"), opt("seed", 3, INTEGER)],

@@ -526,6 +526,8 @@ class ProviderEmulator:
         self.latency = latency
         self.photo_like = photo_like
         self.requests: list[RecordedRequest] = []
+        self.nb_in_flight = 0
+        self.nb_peak_in_flight = 0
         self.base_url = ""
         self._scripts: dict[str, deque[Behaviour]] = {name: deque() for name in ENDPOINTS}
         self._references: dict[str, tuple[bytes, str]] = {}
@@ -1010,6 +1012,15 @@ class ProviderEmulator:
     # ----------------------------------------------------------------- Nano Banana Pro
 
     async def _nbpro(self, request: web.Request) -> web.StreamResponse:
+        # Nano Banana Pro limits concurrent generations by plan: tests read the peak.
+        self.nb_in_flight += 1
+        self.nb_peak_in_flight = max(self.nb_peak_in_flight, self.nb_in_flight)
+        try:
+            return await self._nbpro_answer(request)
+        finally:
+            self.nb_in_flight -= 1
+
+    async def _nbpro_answer(self, request: web.Request) -> web.StreamResponse:
         form: dict[str, list[str]] = {}
         files: list[UploadedFile] = []
         parsed: Any = None

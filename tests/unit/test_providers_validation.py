@@ -152,10 +152,12 @@ def test_samples_numeric_string_accepted(ml: ModelsLabProvider) -> None:
     assert ml.validate(req(samples=cast(int, "3"))).samples == 3
 
 
-@pytest.mark.parametrize("samples", [0, 2, 4])
-def test_nanobanana_one_sample_only(nb: NanoBananaProvider, samples: int) -> None:
+@pytest.mark.parametrize("samples", [0, 5])
+def test_nanobanana_samples_one_to_four(nb: NanoBananaProvider, samples: int) -> None:
+    # One image per call: the pipeline fans 2-4 samples out into parallel calls.
     error = rejected(nb, req(samples=samples), "samples")
-    assert "1" in error.user_message
+    assert "1 to 4" in error.user_message
+    assert nb.validate(req(samples=4)).samples == 4
 
 
 @FAST
@@ -529,8 +531,35 @@ def test_safety_checker_flag(ml: ModelsLabProvider) -> None:
     assert "safety_checker" not in body
 
 
-def test_size_tier_rejected_on_modelslab(ml: ModelsLabProvider) -> None:
-    rejected(ml, req(size="2k"), "size")
+def test_size_tiers_on_modelslab_map_to_the_largest_documented_sizes(
+    ml: ModelsLabProvider,
+) -> None:
+    assert ml.capabilities.sizes_for(Mode.TEXT) == ("1k",)
+    assert ml.capabilities.sizes_for(Mode.EDIT) == ("1k", "2k")
+    validated = ml.validate(req(size="1k"))
+    assert (validated.width, validated.height) == (1024, 1024)
+    wide = ml.validate(req(size="1k", aspect_ratio="16:9"))
+    assert (wide.width, wide.height) == (1024, 576)
+    blend = ml.validate(req(Mode.BLEND, size="2k", aspect_ratio="3:4"))
+    assert (blend.width, blend.height) == (1536, 2048)
+    # nano_banana's 1024 minimum keeps the short side at 1024 for 1k.
+    small = ml.validate(req(Mode.BLEND, size="1k", aspect_ratio="16:9"))
+    assert (small.width, small.height) == (1824, 1024)
+    # An edit without a ratio follows its reference's proportions.
+    edit = ml.validate(req(Mode.EDIT, size="2k", references=(ref(w=1000, h=500),)))
+    assert (edit.width, edit.height) == (2048, 1024)
+    # The price stays the mode's: ModelsLab's cost table has no size tiers.
+    assert ml.cost_tier(blend) == "nano_banana_multi_ref"
+    # Validating a validated request again must succeed (failover, recovery).
+    assert ml.validate(blend) == blend
+
+
+def test_size_tiers_modelslab_cannot_make_are_refused(ml: ModelsLabProvider) -> None:
+    error = rejected(ml, req(size="2k"), "size")
+    assert "choose 1k, or Nano Banana Pro for 2k and 4k" in error.user_message
+    error = rejected(ml, req(Mode.EDIT, size="4k"), "size")
+    assert "choose 1k or 2k" in error.user_message
+    rejected(ml, req(size="1k", width=512, height=512), "size")
 
 
 # --------------------------------------------------------------------------- Nano Banana Pro
@@ -650,7 +679,8 @@ def test_nanobanana_upload_needs_bytes(nb: NanoBananaProvider) -> None:
 
 def test_nanobanana_max_reference_bytes(nb: NanoBananaProvider) -> None:
     assert nb.capabilities.max_reference_bytes == 2_500_000
-    assert nb.capabilities.max_samples == 1
+    assert nb.capabilities.max_samples == 4
+    assert nb.capabilities.one_image_per_call
 
 
 # --------------------------------------------------------------------------- cost tiers

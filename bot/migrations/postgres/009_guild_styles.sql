@@ -1,4 +1,4 @@
--- The guild styles table, column for column as ../006_guild_styles.sql; times
+-- The guild styles table, column for column as ../009_guild_styles.sql; times
 -- are ISO-8601 TEXT as in the job store, so the same SQL reads either database.
 CREATE TABLE guild_styles (
     guild_id TEXT NOT NULL,
