@@ -421,11 +421,6 @@ class JobStore:
         )
         return _record(rows[0]) if rows else None
 
-    @property
-    def database(self) -> _Database:
-        """The connection other guild-scoped stores share (styles, ...)."""
-        return self._db
-
     async def allowed_channels(self, guild_id: str) -> set[str]:
         rows = await self._db.fetch(
             "SELECT channel_id FROM guild_channels WHERE guild_id = ?", (guild_id,)
