@@ -15,8 +15,17 @@ export TEST_DATABASE_URL
 
 .PHONY: run test lint typecheck unit bench clean
 
+# Checked while make reads the recipe, before anything runs: an older Python stops
+# with one line and leaves no half-made .venv behind. (No commas in the message:
+# it is an argument of $(if).)
+PYTHON_VERSION = $(shell $(PYTHON) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)
+PYTHON_OK = $(shell $(PYTHON) -c 'import sys; print(int(sys.version_info >= (3, 11)))' 2>/dev/null)
+PYTHON_TOO_OLD = imagebot needs Python 3.11 or newer but $(PYTHON) is $(or $(PYTHON_VERSION),not found). \
+	Install a newer one and run: make $(MAKECMDGOALS) PYTHON=python3.11
+
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	$(if $(filter 1,$(PYTHON_OK)),,$(error $(PYTHON_TOO_OLD)))
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 
 $(RUN_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
