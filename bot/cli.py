@@ -44,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also log in to Discord, check DEV_GUILD_ID and connect to the database",
     )
-    commands.add_parser("sync", help="register the slash commands with Discord, then exit")
+    sync = commands.add_parser("sync", help="register the slash commands with Discord, then exit")
+    sync.add_argument(
+        "--clear-guild",
+        type=int,
+        metavar="SERVER_ID",
+        help="instead, remove the commands registered to one server (after development "
+        "with DEV_GUILD_ID), leaving the global ones",
+    )
     commands.add_parser("health", help="exit 0 if the running bot's heartbeat is fresh")
     add_generate_parser(commands)
     add_quota_parser(commands)
@@ -97,6 +104,12 @@ def _dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int
             asyncio.run(check_database(settings))
         return asyncio.run(run_migrate_command(args, settings))
     require_bot_settings(settings)
+    if command == "sync" and args.clear_guild is not None:
+        from bot.startup import clear_guild_commands
+
+        removed = asyncio.run(clear_guild_commands(settings, args.clear_guild))
+        print(f"removed {removed} command(s) registered to server {args.clear_guild}")
+        return EXIT_OK
     prepare_data_dir(settings)
     from bot.startup import start_bot, unknown_settings
 

@@ -397,3 +397,27 @@ async def start_bot(settings: Settings, *, sync_only: bool = False) -> int:
                 dev_guild_message(identity.application_id, settings.dev_guild_id)
             ) from None
         raise
+
+
+async def clear_guild_commands(settings: Settings, guild_id: int) -> int:
+    """Remove the commands registered to one server (a DEV_GUILD_ID sync), leaving the
+    global ones: the cure for every command showing twice there. Returns how many."""
+    import discord
+
+    identity = await verify_discord(settings, wait=False)
+    http = discord.http.HTTPClient(asyncio.get_running_loop())
+    try:
+        token = settings.discord_token
+        assert token is not None  # verify_discord checked it
+        await http.static_login(token.get_secret_value().strip())
+        try:
+            existing = await http.get_guild_commands(identity.application_id, guild_id)
+            await http.bulk_upsert_guild_commands(identity.application_id, guild_id, [])
+        except (discord.Forbidden, discord.NotFound):
+            raise ConfigError(
+                f"--clear-guild: the bot may not manage commands in server {guild_id}: it is "
+                "not in that server, or was invited without the applications.commands scope"
+            ) from None
+    finally:
+        await http.close()
+    return len(existing)

@@ -314,3 +314,45 @@ async def test_a_database_that_does_not_exist_is_a_setting_to_fix(tmp_path):
     for args in (["migrate"], ["quota", "show", "--guild", GUILD]):
         result = await run_bot_cli(*args, env=env, cwd=tmp_path)
         one_line(result, EXIT_CONFIG, "DATABASE_URL", "does not exist")
+
+
+# --- Commands showing twice ----------------------------------------------------
+
+
+async def test_sync_clear_guild_removes_a_dev_guild_copy_and_keeps_the_global_one(
+    tmp_path, discord_emu
+):
+    import aiohttp
+
+    ids = populate(discord_emu)
+    env = discord_env(tmp_path, discord_emu)
+    synced = await run_bot_cli("sync", env=env, cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr
+    global_names = {c["name"] for c in discord_emu.registered_commands()}
+    # What a start with DEV_GUILD_ID left behind: the same commands in the server.
+    async with aiohttp.ClientSession() as session:
+        url = (
+            f"{discord_emu.api_base}/applications/{discord_emu.application_id}"
+            f"/guilds/{ids['guild_id']}/commands"
+        )
+        body = [{"name": c["name"], "type": c["type"], "description": c.get("description", "")}
+                for c in discord_emu.registered_commands()]  # fmt: skip
+        headers = {"Authorization": f"Bot {discord_emu.token}"}
+        async with session.put(url, json=body, headers=headers) as response:
+            assert response.status == 200
+    assert discord_emu.registered_commands(ids["guild_id"])
+
+    cleared = await run_bot_cli(
+        "sync", "--clear-guild", str(ids["guild_id"]), env=env, cwd=tmp_path
+    )
+    assert cleared.returncode == 0, cleared.stderr
+    assert f"removed {len(body)} command(s) registered to server {ids['guild_id']}" in (
+        cleared.stdout
+    )
+    assert discord_emu.registered_commands(ids["guild_id"]) == []
+    assert {c["name"] for c in discord_emu.registered_commands()} == global_names
+
+    elsewhere = await run_bot_cli(
+        "sync", "--clear-guild", "418151490099999999", env=env, cwd=tmp_path
+    )
+    one_line(elsewhere, EXIT_CONFIG, "--clear-guild", "418151490099999999")

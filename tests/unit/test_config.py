@@ -170,3 +170,11 @@ def test_shard_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("SHARD_IDS", "0")
     with pytest.raises(ConfigError, match="SHARD_IDS needs SHARD_COUNT"):
         load_settings(None)
+
+
+def test_readme_command_reference_matches_the_commands():
+    from cogs._reference import END, START, render
+
+    readme = (ROOT / "README.md").read_text()
+    assert START in readme and END in readme
+    assert render() in readme, "regenerate with: python -m cogs._reference write"
