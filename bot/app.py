@@ -343,6 +343,7 @@ async def open_bot(settings: Settings, *, sync_only: bool = False) -> AsyncItera
             http_trace=observer.discord_trace(),
             lease=lease,
         )
+        observer.watch_bot(bot)
         try:
             yield bot
         finally:

@@ -35,6 +35,8 @@ from bot.config import Settings
 from bot.errors import ConfigError
 
 if TYPE_CHECKING:
+    from discord.ext import commands
+
     from bot.jobs import Job, Pipeline, ProviderSlots
     from bot.models import GenerationRequest
     from bot.quota.service import QuotaService
@@ -83,6 +85,9 @@ class Observer:
     def discord_trace(self) -> aiohttp.TraceConfig | None:
         """An aiohttp trace for discord.py's HTTP session, to count its errors."""
         return None
+
+    def watch_bot(self, bot: commands.Bot | commands.AutoShardedBot) -> None:
+        """Listen to the bot's gateway events (disconnects)."""
 
 
 class Metrics(Observer):
@@ -218,6 +223,13 @@ class Metrics(Observer):
         trace.on_request_end.append(on_end)
         trace.on_request_exception.append(on_exception)
         return trace
+
+    def watch_bot(self, bot: commands.Bot | commands.AutoShardedBot) -> None:
+        async def on_shard_disconnect(_shard_id: int) -> None:
+            # discord.py resumes on its own; many of these mean a bad network.
+            self.discord_errors.labels("gateway_disconnect").inc()
+
+        bot.add_listener(on_shard_disconnect, "on_shard_disconnect")
 
 
 class _QueueCollector(Collector):

@@ -193,3 +193,10 @@ async def test_a_metrics_port_in_use_is_a_configuration_error(tmp_path):
         with pytest.raises(ConfigError, match=f"METRICS_PORT: cannot listen on 127.0.0.1:{port}"):
             async with serve_metrics(settings, observer_for(settings)):
                 pass
+
+
+async def test_gateway_disconnects_are_counted(observed: World):
+    await observed.discord.drop_connection(0)
+    await observed.discord.wait_for(lambda: observed.discord.resumes >= 1, timeout=30)
+    samples = await scrape(observed)
+    assert value(samples, "imagebot_discord_errors_total", kind="gateway_disconnect") == 1
