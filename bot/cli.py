@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bot",
         description="An image-generation Discord bot (ModelsLab, Nano Banana Pro).",
     )
-    parser.add_argument("--env-file", default=".env", help="settings file to read (default: .env)")
+    parser.add_argument(
+        "--env-file", help="settings file to read (default: .env, when there is one)"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", help="run the Discord bot (the default)")
     check = commands.add_parser("check", help="validate the settings and say what is configured")
@@ -64,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = args.command or "run"
     try:
+        args.env_file = _env_file(args.env_file)
         settings = load_settings(args.env_file)
         setup_logging(settings)
         return _dispatch(command, args, settings)
@@ -75,6 +78,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return EXIT_FAILED
+
+
+def _env_file(given: str | None) -> str:
+    """.env is optional (Docker passes settings in the environment); a file named
+    on the command line is not: a typo there would run on defaults unnoticed."""
+    if given is None:
+        return ".env"
+    if given != os.devnull and not os.path.isfile(given):
+        raise ConfigError(f"--env-file {os.path.abspath(given)}: no such file")
+    return given
 
 
 def _dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int:

@@ -356,3 +356,25 @@ async def test_sync_clear_guild_removes_a_dev_guild_copy_and_keeps_the_global_on
         "sync", "--clear-guild", "418151490099999999", env=env, cwd=tmp_path
     )
     one_line(elsewhere, EXIT_CONFIG, "--clear-guild", "418151490099999999")
+
+
+async def test_a_named_env_file_that_is_missing_is_refused(tmp_path):
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "--env-file", "prod.env", "check",
+        env=base_env(tmp_path), cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    result = Result(process.returncode or 0, "", stderr.decode())
+    one_line(result, EXIT_CONFIG, f"--env-file {tmp_path / 'prod.env'}: no such file")
+
+
+async def test_run_warns_about_an_unknown_setting_and_goes_on(tmp_path, discord_emu):
+    env = discord_env(
+        tmp_path, discord_emu, MODELSLAB_MODLE_ID="flux-pro", DISCORD_TOKEN="MTA.wrong.token"
+    )
+    result = await run_bot_cli("run", env=env, cwd=tmp_path)
+    assert result.returncode == EXIT_CONFIG
+    warning, error = result.lines
+    assert "WARNING" in warning and "did you mean MODELSLAB_MODEL_ID?" in warning
+    assert error.startswith("DISCORD_TOKEN: Discord refused")
