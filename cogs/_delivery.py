@@ -171,10 +171,13 @@ class DiscordDelivery:
                 break
             except discord.HTTPException as exc:
                 # A 413 before anything was posted means the guild's real limit is
-                # lower than Discord told us: fit again, smaller, and retry.
+                # lower than Discord told us: fit again, smaller, and retry. Half of
+                # what was refused, not of the nominal limit: files already under
+                # half the limit would otherwise be sent again unchanged.
                 if _too_large(exc) and not self.messages and attempt < UPLOAD_ATTEMPTS:
-                    log.warning("job %s: upload of %d bytes refused; retrying", job.id, limit)
-                    limit //= 2
+                    refused = sum(upload.nbytes for upload in plan[0])
+                    log.warning("job %s: upload of %d bytes refused; retrying", job.id, refused)
+                    limit = min(limit, refused) // 2
                     continue
                 raise DeliveryError(
                     "Discord refused the upload of your images, so nothing was charged "

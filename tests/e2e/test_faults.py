@@ -7,11 +7,12 @@ and the bot goes on serving the next member.
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import threading
 
 from tests.e2e.conftest import World, make_settings, populate, running_bot
-from tests.e2e.test_generation import final, imagine, opt, settled_balance
+from tests.e2e.test_generation import final, imagine, is_final, opt, settled_balance
 from tests.emulators.providers import Hang, Processing
 
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"
@@ -50,6 +51,17 @@ async def test_413_on_upload_refits_smaller_and_delivers(world: World):
     message = await final(await imagine(world, "too big at first", samples=2))
     assert message.embeds and message.attachments
     assert (await settled_balance(world)).used == 2
+    uploads = [
+        r
+        for r in world.discord.requests
+        if r.method == "PATCH" and re.fullmatch(ORIGINAL, r.path) and r.files
+    ]
+    refused, delivered = uploads[0], uploads[-1]
+    assert (refused.injected, refused.status) == (True, 413)
+    assert (delivered.injected, delivered.status) == (False, 200)
+    # The retry was fitted again, smaller, not the same bytes sent twice.
+    assert sum(f.size for f in delivered.files) < sum(f.size for f in refused.files)
+    assert [f.size for f in message.attachments] == [f.size for f in delivered.files]
 
 
 async def test_upload_refused_for_good_refunds_with_a_message(world: World):
@@ -172,7 +184,11 @@ async def test_sqlite_locked_for_a_while_only_delays(world: World):
     holder.start()
     await asyncio.to_thread(locked.wait, 10)
     interaction = await imagine(world, "wait for the lock")
-    await asyncio.sleep(1.5)
+    # Acknowledged at once, but the reservation cannot be written while the lock
+    # is held: the job is waiting (busy_timeout), not failed or past the provider.
+    await interaction.wait_for_callback()
+    assert world.providers.requests_to("text2img") == []
+    assert not is_final(interaction.original)
     release.set()
     await asyncio.to_thread(holder.join, 10)
     assert (await final(interaction, within=40)).embeds

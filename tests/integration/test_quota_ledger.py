@@ -6,9 +6,11 @@ import asyncio
 import csv
 import io
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -641,18 +643,54 @@ async def test_refuses_bad_arguments(make_ledger: MakeLedger) -> None:
         await ledger.ban("g", "u", datetime(2030, 1, 1), "x", by="mod")
 
 
-async def test_cancelled_caller_leaves_the_ledger_usable(make_ledger: MakeLedger) -> None:
+async def test_caller_cancelled_before_its_transaction_started(make_ledger: MakeLedger) -> None:
     ledger = await make_ledger()
     task = asyncio.create_task(ledger.reserve("g", "u", [], 2, "k1"))
-    await asyncio.sleep(0)
-    task.cancel()
+    task.cancel()  # before the task ever ran: no transaction was started
     with pytest.raises(asyncio.CancelledError):
         await task
-    # The transaction ran to its end anyway; a retry with the same key finds it.
+    assert (await ledger.balance("g")).guild.reserved == 0
     again = await ledger.reserve("g", "u", [], 2, "k1")
+    assert again.replayed is False  # made now, not found
     assert (await ledger.balance("g")).guild.reserved == 2
     await ledger.settle(again, 2)
     assert (await ledger.balance("g")).guild.used == 2
+
+
+async def test_caller_cancelled_after_handing_over_its_transaction(
+    make_ledger: MakeLedger, ledger_db: LedgerDb
+) -> None:
+    ledger = await make_ledger()
+    holding, release = threading.Event(), threading.Event()
+    blocker: asyncio.Task[None] | None = None
+    if ledger_db.backend == "sqlite":
+        # The store's one worker thread is kept busy, so the transaction is
+        # handed over but still queued when its caller is cancelled.
+        def hold_the_worker(tx: Any) -> Any:
+            holding.set()
+            release.wait(timeout=10)
+            return tx.lock()
+
+        blocker = asyncio.create_task(ledger.store.write(hold_the_worker))
+        assert await asyncio.to_thread(holding.wait, 10)
+    task = asyncio.create_task(ledger.reserve("g", "u", [], 2, "k1"))
+    await asyncio.sleep(0)  # the caller has handed its transaction to the store
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    if blocker is not None:
+        await blocker
+    again = await ledger.reserve("g", "u", [], 2, "k1")
+    # PostgreSQL runs a transaction in a task of its own: once handed over it
+    # commits, and the retry finds it. The SQLite worker drops a queued body
+    # whose caller is gone: it never ran, and the retry makes it now.
+    assert again.replayed is (ledger_db.backend == "postgresql")
+    assert again.cost == 2
+    assert (await ledger.balance("g")).guild.reserved == 2  # never held twice
+    await ledger.settle(again, 2)
+    balance = await ledger.balance("g")
+    assert (balance.guild.used, balance.guild.reserved) == (2, 0)
 
 
 async def test_service_is_a_ledger(make_ledger: MakeLedger) -> None:
