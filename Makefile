@@ -13,7 +13,7 @@ TEST_DATABASE_URL ?= $(shell psql -h 127.0.0.1 -d test -Atqc 'select 1' 2>/dev/n
 	&& echo "postgresql://$$(id -un)@127.0.0.1:5432/test")
 export TEST_DATABASE_URL
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit bench clean test-minimums
 
 # Checked while make reads the recipe, before anything runs: an older Python stops
 # with one line and leaves no half-made .venv behind. (No commas in the message:
@@ -55,8 +55,18 @@ unit: $(DEV_STAMP)
 
 test: lint typecheck unit
 
+# The declared minimum of discord.py and aiohttp, installed over the dev tools:
+# a ">=" admitting a release that lacks what the bot uses fails here.
+test-minimums: pyproject.toml
+	$(PYTHON) -m venv .venv-min
+	.venv-min/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	.venv-min/bin/python -m pip install --quiet --disable-pip-version-check \
+		$$(.venv-min/bin/python tests/minimums.py discord.py aiohttp)
+	.venv-min/bin/mypy
+	.venv-min/bin/pytest -q -p no:cacheprovider tests/e2e/test_generation.py
+
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-min .pytest_cache .mypy_cache .ruff_cache .hypothesis
