@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bot.generation")
 
+RESTARTING = "The bot is restarting; please try again in a minute."
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
 
 
@@ -89,7 +90,7 @@ class GenerationService:
         ``compose`` reads the prompt's parameters and applies ``style`` (see
         ``bot.compose``); a re-roll passes False, its request being composed already."""
         if not self.bot.accepting:
-            raise UserError("The bot is restarting; please try again in a minute.")
+            raise UserError(RESTARTING)
         if not await self._prompt_allowed(interaction, request):
             return None
         if not interaction.response.is_done():
@@ -108,6 +109,24 @@ class GenerationService:
             # The provider's safety checker stays on outside age-restricted channels.
             safety_checker=None if is_age_restricted(interaction) else True,
         )
+        # A job task from the acknowledgement on: a shutdown waits for the
+        # preparation (attachments may take a while) as for the job itself.
+        return await self.bot.run_job(
+            self._prepare_and_run(
+                interaction, request, attachments, delivery, style=style, compose=compose
+            )
+        )
+
+    async def _prepare_and_run(
+        self,
+        interaction: discord.Interaction[ImageBot],
+        request: GenerationRequest,
+        attachments: Sequence[discord.Attachment],
+        delivery: DiscordDelivery,
+        *,
+        style: str | None,
+        compose: bool,
+    ) -> JobOutcome | None:
         try:
             await self._check_channel(interaction)
             if compose:
@@ -116,8 +135,16 @@ class GenerationService:
         except BotError as error:
             await delivery.fail(None, error)
             return None
+        except asyncio.CancelledError:
+            # Stopped (a deploy) before the job was accepted: nothing was held,
+            # but the member is waiting on "thinking…" and must hear why.
+            try:
+                await delivery.fail(None, UserError(RESTARTING))
+            except discord.HTTPException:
+                log.warning("could not tell interaction %s about the restart", interaction.id)
+            raise
         request = replace(request, references=request.references + tuple(references))
-        return await self.bot.run_job(self.bot.runtime.pipeline.run(request, delivery))
+        return await self.bot.runtime.pipeline.run(request, delivery)
 
     async def _prompt_allowed(
         self, interaction: discord.Interaction[ImageBot], request: GenerationRequest

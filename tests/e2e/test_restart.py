@@ -20,7 +20,7 @@ from bot.quota import open_ledger
 from tests.e2e.conftest import populate
 from tests.e2e.test_generation import final, opt
 from tests.emulators.discord import DiscordEmulator
-from tests.emulators.providers import Hang, Processing, ProviderEmulator
+from tests.emulators.providers import Hang, Processing, ProviderEmulator, make_png
 
 
 class BotProcess:
@@ -350,3 +350,29 @@ async def test_a_recovery_notice_discord_refuses_does_not_stop_the_start(setup):
     interaction = await imagine(discord_emu, ids, "still here")
     assert (await final(interaction, within=30)).embeds
     assert bot.process is not None and bot.process.returncode is None
+
+
+async def test_sigterm_while_an_attachment_loads_tells_the_member(setup):
+    """A deploy between the acknowledgement and the job's start (a slow
+    attachment): nothing is held yet, but the member hears why, privately."""
+    discord_emu, providers, ids, bot, env = setup
+    png = await asyncio.to_thread(make_png, 320, 240)
+    attachment = discord_emu.add_attachment(ids["channel_id"], png, "slow.png", "image/png")
+    discord_emu.cdn_hold = asyncio.Event()
+    await bot.start(discord_emu)
+    interaction = await discord_emu.slash(
+        "edit",
+        guild_id=ids["guild_id"],
+        channel_id=ids["channel_id"],
+        user_id=ids["member_id"],
+        options=[opt("image", attachment["id"], 11), opt("prompt", "never started")],
+        attachments={"image": attachment},
+    )
+    await discord_emu.wait_for(lambda: bool(discord_emu.cdn_downloads), timeout=20, what="load")
+    assert await bot.terminate() == 0
+    discord_emu.cdn_hold.set()
+    answer = await final(interaction, within=10)
+    assert "restarting" in answer.content
+    assert providers.requests == []
+    balance = await settled_balance(env, ids["guild_id"])
+    assert (balance.used, balance.reserved) == (0, 0)

@@ -1116,6 +1116,8 @@ class DiscordEmulator:
         self.gateway_commands: list[JSON] = []  # op 3/4/8 etc. sent by the client
 
         self._failures: list[_Failure] = []
+        # Set to an unset Event to hold attachment downloads until it is set.
+        self.cdn_hold: asyncio.Event | None = None
         self._sessions: dict[int, _Session] = {}
         self._sessions_by_id: dict[str, _Session] = {}
         self._connections: set[_GatewayConnection] = set()
@@ -2589,6 +2591,8 @@ class DiscordEmulator:
             return gone
         self.cdn_downloads.append(request.path)
         self._notify()
+        if self.cdn_hold is not None:
+            await self.cdn_hold.wait()  # a slow CDN, until the test lets it go
         return web.Response(
             body=attachment.data,
             content_type=attachment.content_type or "application/octet-stream",
