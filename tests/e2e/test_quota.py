@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.e2e.conftest import MEMBER_PERMISSIONS, World, make_settings, populate, running_bot
+from tests.e2e.conftest import (
+    MANAGE_GUILD,
+    MEMBER_PERMISSIONS,
+    World,
+    make_settings,
+    populate,
+    running_bot,
+)
 from tests.e2e.test_generation import final, imagine, job_id_of, opt
 from tests.emulators.providers import Processing
 
@@ -216,11 +223,15 @@ async def test_guilds_are_isolated(world: World):
     # A job id from guild A means nothing in guild B.
     record = await world.bot.jobs.get(job)
     assert record is not None and record.guild_id == str(world.guild_id)
+    # A moderator of guild B, or the moderator check alone would refuse.
+    b_moderator = world.discord.add_member(
+        world.other_guild_id, name="b-mod", permissions=MEMBER_PERMISSIONS | MANAGE_GUILD
+    )
     info = await world.discord.message_command(
         "Generation info",
         guild_id=world.other_guild_id,
         channel_id=world.other_channel_id,
-        user_id=world.other_member_id,
+        user_id=b_moderator.id,
         message=world.discord.add_message(
             world.other_channel_id,
             author_id=world.discord.bot_user_id,
