@@ -485,6 +485,50 @@ def _form_error(path: str, code: str, message: str) -> DiscordAPIError:
     return DiscordAPIError(400, 50035, "Invalid Form Body", errors=node)
 
 
+def _focused_type(options: list[JSON]) -> int | None:
+    """The type of the option an autocomplete interaction is about."""
+    for option in options:
+        if option.get("focused"):
+            return int(option["type"])
+        found = _focused_type(option.get("options", []))
+        if found is not None:
+            return found
+    return None
+
+
+def _check_choices(choices: Any, option_type: int | None) -> list[JSON]:
+    """What Discord accepts in an autocomplete answer: at most 25 choices, each a
+    name of 1 to 100 characters and a value of the focused option's type (text of
+    at most 100 characters for a string option)."""
+    if not isinstance(choices, list):
+        raise _form_error("data.choices", "BASE_TYPE_REQUIRED", "This field is required")
+    if len(choices) > 25:
+        raise _form_error("data.choices", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+    for index, choice in enumerate(choices):
+        where = f"data.choices.{index}"
+        name = choice.get("name") if isinstance(choice, dict) else None
+        if not isinstance(name, str) or not 1 <= len(name) <= 100:
+            raise _form_error(
+                f"{where}.name", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."
+            )
+        value = choice.get("value")
+        if option_type == 3:
+            ok = isinstance(value, str) and len(value) <= 100
+        elif option_type == 4:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif option_type == 10:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = value is not None
+        if not ok:
+            raise _form_error(
+                f"{where}.value",
+                "APPLICATION_COMMAND_OPTION_CHOICE_VALUE_INVALID",
+                f"Choice value does not fit an option of type {option_type}",
+            )
+    return [dict(choice) for choice in choices]
+
+
 def unknown_interaction() -> DiscordAPIError:
     return DiscordAPIError(404, 10062, "Unknown interaction")
 
@@ -2000,6 +2044,54 @@ class DiscordEmulator:
             locale=locale,
         )
 
+    async def autocomplete(
+        self,
+        name: str,
+        *,
+        guild_id: int,
+        channel_id: int,
+        user_id: int,
+        focused: str,
+        typed: str = "",
+        options: Sequence[JSON] = (),
+        subcommand: str | None = None,
+        locale: str = "en-US",
+    ) -> InteractionRecord:
+        """A user types ``typed`` into option ``focused`` of ``/name``.
+
+        Discord sends APPLICATION_COMMAND_AUTOCOMPLETE (type 4) with the options
+        filled in so far (``options``, wire shape) and the focused one marked, its
+        value the partial text; the bot answers with a type 8 callback whose
+        choices land in ``InteractionRecord.autocomplete_choices``. The option must
+        be declared with ``autocomplete``, as Discord only asks for those.
+        """
+        guild = self._guild(guild_id)
+        command = self._find_command(name, guild.id, 1)
+        declared = command.get("options", [])
+        for part in (subcommand or "").split():
+            declared = next((o.get("options", []) for o in declared if o.get("name") == part), [])
+        spec = next((o for o in declared if o.get("name") == focused), None)
+        if spec is None or not spec.get("autocomplete"):
+            raise LookupError(f"/{name} has no autocomplete option {focused!r}")
+        opts: list[JSON] = [copy.deepcopy(dict(o)) for o in options if o.get("name") != focused]
+        opts.append({"name": focused, "type": spec["type"], "value": typed, "focused": True})
+        if subcommand:
+            parts = subcommand.split()
+            opts = [{"type": 1, "name": parts[-1], "options": opts}]
+            if len(parts) == 2:
+                opts = [{"type": 2, "name": parts[0], "options": opts}]
+        data: JSON = {"id": command["id"], "name": command["name"], "type": 1, "options": opts}
+        if "guild_id" in command:
+            data["guild_id"] = command["guild_id"]
+        return await self._dispatch_interaction(
+            INTERACTION_AUTOCOMPLETE,
+            data,
+            guild_id=guild.id,
+            channel_id=channel_id,
+            user_id=user_id,
+            locale=locale,
+        )
+
     async def message_command(
         self,
         name: str,
@@ -3176,7 +3268,9 @@ class DiscordEmulator:
             interaction.modal = copy.deepcopy(data)
             return None
         if kind == CALLBACK_AUTOCOMPLETE:
-            interaction.autocomplete_choices = list(data.get("choices") or [])
+            interaction.autocomplete_choices = _check_choices(
+                data.get("choices"), _focused_type(interaction.data.get("options", []))
+            )
             return None
         return None
 
