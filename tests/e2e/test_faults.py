@@ -13,7 +13,7 @@ import threading
 
 from tests.e2e.conftest import World, make_settings, populate, running_bot
 from tests.e2e.test_generation import final, imagine, is_final, opt, settled_balance
-from tests.emulators.providers import Hang, Processing
+from tests.emulators.providers import Hang, NBError, Processing
 
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"
 # A quick job makes no progress edit before its result (the first waits
@@ -100,6 +100,20 @@ async def test_provider_hang_ends_at_the_deadline_with_a_refund(emulators, tmp_p
         assert "took too long" in interaction.original.content
         balance = await bot.runtime.ledger.balance(str(ids["guild_id"]))  # type: ignore[attr-defined]
         assert balance.guild.used == 0
+
+
+async def test_nano_banana_pro_generation_failed_refunds_once_with_its_message(world: World):
+    # Seed 004: HTTP 500 is "Generation failed". Each try can take minutes and
+    # may be billed, so it is not sent again; the member reads the provider's words.
+    world.providers.script("nbpro", NBError(500, "Generation failed: prompt blocked by filter"))
+    before = await settled_balance(world)
+    message = await final(await imagine(world, "a forbidden scene", provider="nanobanana"))
+    assert message.content.startswith("❌")
+    assert "Generation failed: prompt blocked by filter" in message.content
+    assert len(world.providers.requests_to("nbpro")) == 1
+    after = await settled_balance(world)
+    assert after.used == before.used
+    await still_serving(world)
 
 
 async def test_unreachable_provider_refunds_with_a_message(emulators, tmp_path):
