@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from bench._child import Meter, reply, serve
+from bench._child import Meter, reply, run, serve
 
 
 class Baseline:
@@ -150,4 +150,4 @@ async def main(endpoints_json: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    run(main(sys.argv[1]))

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from bench._child import Meter, reply, serve
+from bench._child import Meter, reply, run, serve
 
 
 async def main(settings_json: str, log_file: str) -> None:
@@ -50,4 +50,4 @@ async def main(settings_json: str, log_file: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    run(main(sys.argv[1], sys.argv[2]))

@@ -10,12 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 PROBE_INTERVAL = 0.010
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a child's ``main`` on asyncio's own loop, as the bot runs, or on uvloop
+    with BENCH_LOOP=uvloop (``pip install uvloop``), for the comparison in
+    RESULTS.md. BENCH_SPEED=0 is handled in ``bench/__init__.py``."""
+    factory = None
+    if os.environ.get("BENCH_LOOP") == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
 
 
 def cpu_seconds() -> float:
