@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -65,6 +66,13 @@ def _host_patterns(allowed_hosts: Sequence[str]) -> _Patterns:
         allowed_hosts = (allowed_hosts,)
     if not allowed_hosts:
         return None
+    return _parsed_patterns(tuple(allowed_hosts))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed_patterns(allowed_hosts: tuple[str, ...]) -> tuple[tuple[str, bool], ...]:
+    # Each provider's list is the same on every download: IDNA-encoding its
+    # patterns once, not on every download, shows in profiles of the job path.
     patterns = []
     for pattern in allowed_hosts:
         text = pattern.strip()

@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
+def _make_private_dir(path: Path) -> bool:
+    """Create ``path`` readable by the bot only; False if it already existed."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return False
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+    return True
+
+
 def _check_key(job_id: str, index: int) -> None:
     if not _JOB_ID.fullmatch(job_id):
         raise ValueError(f"unsafe job id {job_id!r}")
@@ -74,28 +84,36 @@ class ImageStore:
         return self.root / job_id / f"{index}.{_EXT.get(mime, 'bin')}"
 
     def _write(self, job_id: str, index: int, image: ResultImage) -> Path:
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         final = self._path(job_id, index, image.mime)
         job_dir = final.parent
-        job_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(job_dir, 0o700)  # mkdir's mode is filtered by the umask
+        try:
+            created = _make_private_dir(job_dir)
+        except FileNotFoundError:
+            # First save, or the root was removed: the root only now, not every time.
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            created = _make_private_dir(job_dir)
         ext = final.suffix[1:]
         # Write then rename: a crash never leaves a half file under the final name.
         tmp = job_dir / f".{index}.{uuid.uuid4().hex}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(tmp, flags, 0o600)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(image.data)
+            try:
+                view = memoryview(image.data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        for other in set(_EXT.values()) - {ext}:
-            # A re-save in another format must not leave the old one for load() to find.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(job_dir / f"{index}.{other}")
+        if not created:
+            for other in set(_EXT.values()) - {ext}:
+                # A re-save in another format must not leave the old one for load() to find.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(job_dir / f"{index}.{other}")
         return final
 
     async def load(self, job_id: str, index: int) -> ResultImage | None:
