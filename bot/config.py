@@ -264,6 +264,12 @@ class Settings(BaseSettings):
     cooldown_seconds: float = Field(
         0.0, ge=0, description="seconds a member waits between starting jobs"
     )
+    pick_cooldown_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="seconds a member waits between full-size picks (U1-U4), which are free "
+        "but decode whole originals; one pick at a time per member either way",
+    )
     reservation_timeout: float = Field(
         1800.0, gt=0, description="seconds before an unsettled reservation is refunded"
     )

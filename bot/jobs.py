@@ -415,6 +415,17 @@ class Pipeline:
             self._cancellable.pop(job.id, None)
             self._cancelled_by.pop(job.id, None)
 
+    @contextlib.asynccontextmanager
+    async def image_slot(
+        self, on_wait: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[None]:
+        """One of the IMAGE_JOBS places that bound image memory, for image work
+        outside a job (a full-size pick); ``on_wait`` runs if it has to queue."""
+        if self._image_phase.locked() and on_wait is not None:
+            await on_wait()
+        async with self._image_phase:
+            yield
+
     def hand_over(self) -> None:
         """Shutting down: jobs cancelled from now on whose provider job or results
         are recorded are left for the next start to resume; the others are

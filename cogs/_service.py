@@ -23,6 +23,7 @@ from bot.jobs import JobOutcome
 from bot.jobstore import JobRecord, StoredImage
 from bot.memberstore import MemberStore
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
+from bot.picks import PickLimiter
 from cogs._delivery import NO_MENTIONS, DiscordDelivery, to_files
 from cogs._info import info_embed
 
@@ -74,6 +75,7 @@ def is_moderator(interaction: discord.Interaction[Any]) -> bool:
 class GenerationService:
     def __init__(self, bot: ImageBot) -> None:
         self.bot = bot
+        self.picks = PickLimiter(lambda: bot.settings.pick_cooldown_seconds)
 
     # --- entry points ----------------------------------------------------
     async def start(
@@ -346,9 +348,26 @@ class GenerationService:
     async def upscale_pick(
         self, interaction: discord.Interaction[ImageBot], job_id: str, n: int
     ) -> None:
-        await interaction.response.defer(thinking=True)
+        record = await self.record_for(interaction, job_id)
+        # Refused before deferring, so the reason is a private first answer.
+        with self.picks.hold(str(interaction.user.id)):
+            await interaction.response.defer(thinking=True)
+
+            async def waiting() -> None:
+                with contextlib.suppress(discord.HTTPException):
+                    await interaction.edit_original_response(
+                        content="⏳ Waiting for the images ahead of yours…",
+                        allowed_mentions=NO_MENTIONS,
+                    )
+
+            # A pick decodes a whole original: it queues for an image place like a job.
+            async with self.bot.runtime.pipeline.image_slot(on_wait=waiting):
+                await self._send_pick(interaction, record, n)
+
+    async def _send_pick(
+        self, interaction: discord.Interaction[ImageBot], record: JobRecord, n: int
+    ) -> None:
         try:
-            record = await self.record_for(interaction, job_id)
             stored = record.image(n)
             if stored is None:
                 raise UserError(f"That result has no image {n}.")
