@@ -167,7 +167,7 @@ def test_migrate_command_reports_an_unreachable_server(tmp_path: Path) -> None:
     result = run_bot(
         tmp_path, "migrate", database_url="postgresql://bot:hunter22@127.0.0.1:1/ledger"
     )
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert "cannot connect to PostgreSQL database ledger on 127.0.0.1:1" in result.stderr
     assert "hunter22" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
