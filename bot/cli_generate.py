@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.cli_text import plain_text
+from bot.compose import compose
 from bot.config import PROVIDER_NAMES, Settings
 from bot.errors import (
     BotError,
@@ -31,10 +32,11 @@ from bot.errors import (
 from bot.images import ImageProcessor, download
 from bot.images.downloads import RefusedHost
 from bot.jobs import Job, JobResult
-from bot.jobstore import request_to_dict
+from bot.jobstore import JobStore, request_to_dict
 from bot.models import GenerationRequest, Mode, Progress, ReferenceImage, Requester, Stage
 from bot.providers.base import ASPECT_RATIOS
 from bot.quota.base import Ledger
+from bot.styles import StyleStore
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
@@ -64,6 +66,12 @@ def add_generate_parser(commands: Any) -> None:
     parser.add_argument("--height", type=int)
     parser.add_argument("--aspect-ratio", choices=ASPECT_RATIOS)
     parser.add_argument("--size", choices=("1k", "2k", "4k"))
+    parser.add_argument(
+        "--style",
+        metavar="NAME",
+        help="a built-in style or one of --guild's (as /style list shows); --prompt may "
+        "also carry parameters such as --ar 16:9 --no trees --style NAME",
+    )
     parser.add_argument(
         "--option",
         action="append",
@@ -298,6 +306,18 @@ async def run_generate(args: argparse.Namespace, settings: Settings) -> int:
             requester=Requester(guild_id=str(args.guild), user_id=str(args.user)),
             idempotency_key=f"cli-{uuid.uuid4().hex}",
         )
+        try:
+            # The same prompt parameters and styles as in Discord (bot.compose).
+            async with JobStore.open(settings) as jobs:
+                request = await compose(
+                    request,
+                    pipeline=runtime.pipeline,
+                    styles=StyleStore(jobs.database),
+                    style=args.style,
+                )
+        except BotError as error:
+            print(f"error: {plain_text(error.user_message)}", file=sys.stderr)
+            return EXIT_USAGE if isinstance(error, ValidationError) else EXIT_FAILED
         outcome = await runtime.pipeline.run(request, delivery)
     if outcome.ok:
         for name in delivery.files:

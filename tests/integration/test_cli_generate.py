@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bot.jobstore import JobStore
+from bot.styles import Style, StyleStore
 from tests.emulators.providers import Error, NBError, ProviderEmulator, make_png
 
 ML_KEY = "ml-KEY-d41d8cd98f00b204"
@@ -236,3 +238,75 @@ async def test_corrupt_local_image_exits_2(emu, tmp_path):
     assert code == 2
     assert "corrupt" in stderr.lower() or "truncated" in stderr.lower()
     assert emu.requests_to("nbpro") == []
+
+
+async def test_style_and_prompt_parameters_as_in_discord(emu, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    async with JobStore.connect(data / "bot.db") as jobs:
+        await StyleStore(jobs.database).add(
+            GUILD, Style("noir", "film noir still of {prompt}", size="1k"), by=USER
+        )
+    out = tmp_path / "out"
+    code, _, stderr = await run_cli(
+        _env(emu, data),
+        "generate",
+        "--mode", "text",
+        "--prompt", "a lighthouse --ar 16:9 --no boats --seed 7",
+        "--style", "cinematic",
+        "--out", str(out),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, stderr
+    sent = emu.requests_to("text2img")[-1].json
+    assert sent["prompt"].startswith("cinematic film still of a lighthouse, dramatic lighting")
+    assert sent["negative_prompt"] == "boats, cartoon, flat lighting, blurry"
+    # The explicit --ar beats the style's 21:9.
+    assert (sent["width"], sent["height"], sent["seed"]) == (1024, 576, 7)
+    result = json.loads((out / "result.json").read_text())
+    assert result["request"]["style"] == "cinematic"
+
+    # A guild's own style, named in the prompt.
+    code, _, stderr = await run_cli(
+        _env(emu, data),
+        "generate",
+        "--mode", "text",
+        "--prompt", "a lighthouse --style noir",
+        "--guild", GUILD,
+        "--user", USER,
+        "--out", str(tmp_path / "out2"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, stderr
+    sent = emu.requests_to("text2img")[-1].json
+    assert sent["prompt"] == "film noir still of a lighthouse"
+    assert (sent["width"], sent["height"]) == (1024, 1024)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--prompt", "a fox --ar 5:4"],
+            "error: --ar must be one of 1:1, 2:3, 3:2, 3:4, 4:3, 9:16, 16:9, 21:9 (got 5:4).",
+        ),
+        (
+            ["--prompt", "a fox --ar 16:9", "--aspect-ratio", "1:1"],
+            "error: aspect_ratio is given twice: 1:1 as an option and 16:9 as --ar in the prompt.",
+        ),
+        (["--prompt", "a fox", "--style", "nope"], "error: There is no style called nope here."),
+    ],
+)
+async def test_bad_parameters_and_styles_exit_2_before_any_call(emu, tmp_path, args, message):
+    code, _, stderr = await run_cli(
+        _env(emu, tmp_path / "data"),
+        "generate",
+        "--mode", "text",
+        *args,
+        "--out", str(tmp_path / "out"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 2
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), stderr
+    assert emu.requests == []

@@ -182,3 +182,18 @@ def test_refusals_name_the_parameter_and_the_valid_values(text: str, message: st
     with pytest.raises(ParameterError) as info:
         parse(text)
     assert message in info.value.user_message
+
+
+def test_the_readme_lists_every_parameter_and_built_in_style() -> None:
+    from pathlib import Path
+
+    from bot.styles import BUILTIN_STYLES
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    parameters = readme.split("## Parameters", 1)[1].split("\n## ", 1)[0]
+    for spec in SPECS:
+        assert f"| `--{spec.name}`" in parameters, spec.name
+        assert spec.values.replace("|", "/") in parameters, spec.name
+    styles = readme.split("## Styles", 1)[1].split("\n## ", 1)[0]
+    for style in BUILTIN_STYLES:
+        assert f"| `{style.name}` | {style.template} |" in styles, style.name
