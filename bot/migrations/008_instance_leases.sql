@@ -4,7 +4,8 @@
 -- without a renewal) or the process stopped, any live process adopts the
 -- instance's unfinished jobs and their reservations and finishes or refunds
 -- them, whatever machine it runs on. Times are epoch seconds, compared as
--- numbers on both backends. host and pid are shown to operators, never decide.
+-- numbers on both backends. host and pid are shown to operators, never decide;
+-- quota_entries.owner_host/owner_pid/owner_started (002) are no longer used.
 CREATE TABLE instances (
     id TEXT PRIMARY KEY,
     host TEXT,

@@ -25,8 +25,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.e2e.conftest import MEMBER_PERMISSIONS
 from tests.e2e.test_generation import answer_of, is_final, opt
 from tests.e2e.test_restart import BotProcess
@@ -267,7 +265,5 @@ async def test_jobs_survive_random_kills_and_new_containers(tmp_path: Path) -> N
         }
         instances = _db_rows(database, "SELECT COUNT(*) FROM instances")[0][0]
         assert instances == ROUNDS + 1  # a new identity on every start
-        if rename:
+        if rename:  # otherwise only the instance changed, which is all that counts
             assert {f"pod-{n}" for n in range(1, ROUNDS + 1, 2)} <= hosts
-        else:
-            pytest.skip("no new UTS namespaces here: instances changed, host names did not")

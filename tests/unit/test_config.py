@@ -178,3 +178,13 @@ def test_readme_command_reference_matches_the_commands():
     readme = (ROOT / "README.md").read_text()
     assert START in readme and END in readme
     assert render() in readme, "regenerate with: python -m cogs._reference write"
+
+
+def test_a_lease_outlives_two_missed_heartbeats(monkeypatch):
+    monkeypatch.setenv("LEASE_TIMEOUT", "10")
+    monkeypatch.setenv("LEASE_INTERVAL", "4")
+    with pytest.raises(ConfigError, match="LEASE_INTERVAL must be at most a third"):
+        load_settings(None)
+    monkeypatch.setenv("LEASE_INTERVAL", "3")
+    settings = load_settings(None)
+    assert (settings.lease_timeout, settings.lease_interval) == (10, 3)
