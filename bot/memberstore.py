@@ -1,10 +1,12 @@
-"""Per-guild and per-member settings beside the job store: blocked words (and,
-in later migrations, member preferences). Discord-free; either backend, through
-the job store's connection (``JobStore.database``)."""
+"""Per-guild and per-member data beside the job store: blocked words, a member's
+job history (and member preferences). Discord-free; either backend, through the
+job store's connection (``JobStore.database``)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -16,6 +18,23 @@ class Database(Protocol):
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    job_id: str
+    created_at: datetime
+    prompt: str
+    mode: str
+    status: str  # delivered, failed, or a step of a job still running
+    cost: int  # reserved
+    charged: int | None  # what delivery cost; None until delivered
+    channel_id: str | None
+    message_id: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("delivered", "failed")
 
 
 class MemberStore:
@@ -55,6 +74,36 @@ class MemberStore:
             (guild_id, rule.text),
         )
         return removed > 0
+
+    # --- history -----------------------------------------------------------
+    async def history(
+        self, guild_id: str, user_id: str, *, limit: int, offset: int = 0
+    ) -> tuple[list[HistoryEntry], int]:
+        """A member's jobs in a guild, newest first, and how many there are."""
+        rows = await self._db.fetch(
+            "SELECT id, created_at, request_json, mode, status, cost, charged, channel_id,"
+            " message_id FROM jobs WHERE guild_id = ? AND user_id = ?"
+            " ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+            (guild_id, user_id, limit, offset),
+        )
+        total = await self._db.fetch(
+            "SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+        )
+        entries = [
+            HistoryEntry(
+                job_id=row[0],
+                created_at=datetime.fromisoformat(row[1]),
+                prompt=str(json.loads(row[2]).get("prompt", "")),
+                mode=row[3],
+                status=row[4],
+                cost=int(row[5]),
+                charged=None if row[6] is None else int(row[6]),
+                channel_id=row[7],
+                message_id=row[8],
+            )
+            for row in rows
+        ]
+        return entries, int(total[0][0])
 
 
 def _now() -> str:

@@ -44,3 +44,36 @@ async def test_a_guild_has_at_most_max_rules(ledger_db: LedgerDb):
             await store.block("g1", parse_rule(f"word{n}"), "mod")
         with pytest.raises(UserError, match="remove some first"):
             await store.block("g1", parse_rule("onemore"), "mod")
+
+
+async def test_history_lists_a_members_jobs_newest_first(ledger_db: LedgerDb):
+    from bot.models import GenerationRequest, Mode, Requester
+
+    if ledger_db.path is not None:
+        opened = JobStore.connect(ledger_db.path)
+    else:
+        opened = JobStore.connect_postgres(ledger_db.url)
+    async with opened as jobs:
+        store = MemberStore(jobs.database)
+        for n, (guild, user) in enumerate([("g1", "u1"), ("g1", "u2"), ("g2", "u1"), ("g1", "u1")]):
+            request = GenerationRequest(
+                mode=Mode.TEXT,
+                prompt=f"prompt {n}",
+                requester=Requester(guild_id=guild, user_id=user, channel_id="c1"),
+                idempotency_key=f"key{n}",
+            )
+            assert await jobs.record_accepted(f"{n:032x}", request, "modelslab", 2)
+        await jobs.mark_delivered(
+            f"{3:032x}", charged=1, seed=7, images=[], message_id="m3", model="flux"
+        )
+        entries, total = await store.history("g1", "u1", limit=1)
+        assert total == 2
+        assert [(e.prompt, e.status, e.charged, e.message_id) for e in entries] == [
+            ("prompt 3", "delivered", 1, "m3")
+        ]
+        older, _ = await store.history("g1", "u1", limit=5, offset=1)
+        assert [(e.prompt, e.status, e.cost, e.finished) for e in older] == [
+            ("prompt 0", "accepted", 2, False)
+        ]
+        record = await jobs.get(f"{3:032x}")
+        assert record is not None and record.model == "flux"
