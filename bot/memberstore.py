@@ -26,15 +26,20 @@ class HistoryEntry:
     created_at: datetime
     prompt: str
     mode: str
-    status: str  # delivered, failed, or a step of a job still running
+    status: str  # posted/delivered, failed, or a step of a job still running
     cost: int  # reserved
     charged: int | None  # what delivery cost; None until delivered
     channel_id: str | None
     message_id: str | None
 
     @property
+    def delivered(self) -> bool:
+        # "posted": the images are out, the settlement is being written.
+        return self.status in ("posted", "delivered")
+
+    @property
     def finished(self) -> bool:
-        return self.status in ("delivered", "failed")
+        return self.delivered or self.status == "failed"
 
 
 class MemberStore:

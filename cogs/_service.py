@@ -398,7 +398,7 @@ class GenerationService:
             )
         if self.bot.runtime.pipeline.cancel(job_id, by=interaction.user.mention):
             text = "Cancelled: the job stops now and its credits are refunded."
-        elif record.status in ("delivered", "failed"):
+        elif record.status in ("posted", "delivered", "failed"):
             text = "This job has already ended."
         else:
             text = "Too late to cancel: the images are already on their way."

@@ -33,7 +33,7 @@ def message_link(guild_id: int, entry: HistoryEntry) -> str | None:
 
 
 def describe_entry(guild_id: int, number: int, entry: HistoryEntry) -> str:
-    if entry.status == "delivered":
+    if entry.delivered:
         charged = entry.charged or 0
         cost = f"{charged} credit{'s' if charged != 1 else ''}"
         link = message_link(guild_id, entry)

@@ -68,8 +68,8 @@ async def test_history_lists_a_members_jobs_newest_first(ledger_db: LedgerDb):
         )
         entries, total = await store.history("g1", "u1", limit=1)
         assert total == 2
-        assert [(e.prompt, e.status, e.charged, e.message_id) for e in entries] == [
-            ("prompt 3", "delivered", 1, "m3")
+        assert [(e.prompt, e.delivered, e.charged, e.message_id) for e in entries] == [
+            ("prompt 3", True, 1, "m3")
         ]
         older, _ = await store.history("g1", "u1", limit=5, offset=1)
         assert [(e.prompt, e.status, e.cost, e.finished) for e in older] == [
