@@ -24,6 +24,7 @@ from bot.jobstore import JobRecord, StoredImage
 from bot.memberstore import MemberStore
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
 from bot.picks import PickLimiter
+from cogs._cdn import fresh_urls
 from cogs._delivery import NO_MENTIONS, DiscordDelivery, to_files
 from cogs._info import info_embed
 
@@ -243,6 +244,10 @@ class GenerationService:
         stored = record.image(n)
         if stored is None:
             raise UserError(f"That result has no image {n}.")
+        if stored.url is not None:
+            # The provider is handed this link, maybe a day after Discord signed it.
+            url = (await fresh_urls(self.bot, [stored.url])).get(stored.url, stored.url)
+            stored = replace(stored, url=url)
         data = await self._stored_bytes(stored)
         return await self.bot.runtime.images.load_reference(
             data, filename=f"image_{n}.png", url=stored.url
@@ -257,10 +262,11 @@ class GenerationService:
         if stored.url is None:
             raise UserError("That image is no longer available.")
         settings = self.bot.settings
+        url = (await fresh_urls(self.bot, [stored.url])).get(stored.url, stored.url)
         try:
             return await download(
                 self.bot.runtime.session,
-                stored.url,
+                url,
                 max_bytes=settings.download_max_bytes,
                 timeout=settings.download_timeout,
                 allow_loopback=settings.download_allow_loopback,
@@ -277,14 +283,17 @@ class GenerationService:
         if not request.references:
             return request
         settings = self.bot.settings
+        # Discord's links to the member's files expire after about a day.
+        fresh = await fresh_urls(self.bot, [ref.url for ref in request.references])
         refs = []
         for ref in request.references:
             if ref.url is None:
                 raise UserError("The original reference images are no longer available.")
+            url = fresh.get(ref.url, ref.url)
             try:
                 data = await download(
                     self.bot.runtime.session,
-                    ref.url,
+                    url,
                     max_bytes=settings.input_max_bytes,
                     timeout=settings.download_timeout,
                     allow_loopback=settings.download_allow_loopback,
@@ -297,9 +306,7 @@ class GenerationService:
                     "attach them again with /edit or /blend."
                 ) from None
             refs.append(
-                await self.bot.runtime.images.load_reference(
-                    data, filename=ref.filename, url=ref.url
-                )
+                await self.bot.runtime.images.load_reference(data, filename=ref.filename, url=url)
             )
         return replace(request, references=tuple(refs))
 

@@ -42,6 +42,7 @@ from types import MappingProxyType, TracebackType
 from typing import Any, NamedTuple, Self
 from urllib.parse import quote
 
+import yarl
 from aiohttp import BodyPartReader, WSMsgType, web
 
 __all__ = [
@@ -148,6 +149,11 @@ MAX_EMBEDS = 10
 MAX_EMBED_TOTAL_CHARS = 6000
 
 _EMPTY_MAPPING: Mapping[str, Any] = MappingProxyType({})
+
+# Documented by Discord ("Refresh Attachment URLs") but missing from the published
+# OpenAPI spec; the emulator checks their bodies itself.
+OUTSIDE_PUBLISHED_SPEC = frozenset({"/attachments/refresh-urls"})
+MAX_REFRESH_URLS = 50
 
 
 def _dumps(value: Any) -> str:
@@ -1092,7 +1098,9 @@ class DiscordEmulator:
     command CRUD (global and guild), interaction callbacks (types 1, 4-9, answered with the
     InteractionCallbackResponse body when ``with_response`` is set), interaction webhooks
     (@original and follow-ups), channel and message CRUD with multipart uploads, a few
-    guild/user reads.  Attachments get signed loopback CDN URLs served by the emulator.
+    guild/user reads.  Attachments get signed loopback CDN URLs served by the emulator,
+    which expire after ``cdn_link_lifetime`` seconds of the CDN's clock
+    (:meth:`advance_cdn_clock`) and are signed again by ``POST /attachments/refresh-urls``.
 
     Gateway (``gateway_url``): HELLO, IDENTIFY, READY, GUILD_CREATE, heartbeats, RESUME
     with replay, zlib-stream transport compression, sharding by ``(guild_id >> 22) %
@@ -1137,6 +1145,10 @@ class DiscordEmulator:
             self.owner_user.id: self.owner_user,
         }
         self._cdn_secret = secrets.token_bytes(16)
+        # Signed CDN links expire like Discord's (ex= in the URL); tests shorten the
+        # lifetime and move the CDN's clock on instead of waiting a day.
+        self.cdn_link_lifetime = 24 * 3600.0
+        self._cdn_clock_offset = 0.0
 
         self.guilds: dict[int, Guild] = {}
         self._channels: dict[int, Channel] = {}
@@ -1151,6 +1163,7 @@ class DiscordEmulator:
         self.unknown_routes: list[str] = []
         self.spec_violations: list[str] = []
         self.cdn_downloads: list[str] = []
+        self.refreshed_urls: list[str] = []  # links the bot had signed again
         self.internal_errors: list[str] = []
         self.identifies = 0
         self.resumes = 0
@@ -2405,6 +2418,7 @@ class DiscordEmulator:
                 self._delete_command,
                 True,
             ),
+            ("POST", "/attachments/refresh-urls", self._refresh_urls, True),
             ("GET", "/applications/{application_id}/entitlements", self._empty_list, True),
             ("GET", "/applications/{application_id}/emojis", self._empty_items, True),
             (
@@ -2598,7 +2612,11 @@ class DiscordEmulator:
         record.json, record.files, record.multipart = body, files, multipart
 
         matched = self._match_route(method, path)
-        violations = self._check_spec(method, path, body, multipart, known=matched is not None)
+        violations = (
+            []
+            if matched is not None and matched[0].template in OUTSIDE_PUBLISHED_SPEC
+            else self._check_spec(method, path, body, multipart, known=matched is not None)
+        )
         self.spec_violations.extend(violations)
 
         record.route = None if matched is None else matched[0].template
@@ -2652,9 +2670,17 @@ class DiscordEmulator:
         message = f"{channel_id}/{attachment_id}/{filename}:{expires:x}:{issued:x}".encode()
         return hmac.new(self._cdn_secret, message, hashlib.sha256).hexdigest()
 
+    def cdn_now(self) -> float:
+        """The CDN's clock, which signs and checks link expiry."""
+        return time.time() + self._cdn_clock_offset
+
+    def advance_cdn_clock(self, seconds: float) -> None:
+        """Let ``seconds`` pass for CDN links (issued ones age; new ones start later)."""
+        self._cdn_clock_offset += seconds
+
     def _cdn_url(self, host_path: str, channel_id: int, attachment_id: int, filename: str) -> str:
-        issued = int(time.time())
-        expires = issued + 24 * 3600
+        issued = int(self.cdn_now())
+        expires = issued + max(1, math.ceil(self.cdn_link_lifetime))
         signature = self._cdn_signature(channel_id, attachment_id, filename, expires, issued)
         return (
             f"{self.base_url}/{host_path}/attachments/{channel_id}/{attachment_id}/"
@@ -2678,7 +2704,7 @@ class DiscordEmulator:
             or attachment.channel_id != channel_id
             or attachment.filename != filename
             or not hmac.compare_digest(expected, request.query.get("hm", ""))
-            or expires < time.time()
+            or expires < self.cdn_now()
         ):
             return gone
         self.cdn_downloads.append(request.path)
@@ -2689,6 +2715,52 @@ class DiscordEmulator:
             body=attachment.data,
             content_type=attachment.content_type or "application/octet-stream",
         )
+
+    def _signed_attachment(self, url: str) -> tuple[str, AttachmentRecord] | None:
+        """The host path and attachment of a link this CDN signed, expired or not."""
+        parsed = yarl.URL(url)
+        parts = parsed.path.strip("/").split("/")
+        if len(parts) != 5 or parts[1] != "attachments" or parts[0] not in ("cdn", "media"):
+            return None
+        try:
+            channel_id, attachment_id = int(parts[2]), int(parts[3])
+            expires, issued = int(parsed.query["ex"], 16), int(parsed.query["is"], 16)
+        except (KeyError, ValueError):
+            return None
+        attachment = self.attachments.get(attachment_id)
+        expected = self._cdn_signature(channel_id, attachment_id, parts[4], expires, issued)
+        if (
+            attachment is None
+            or attachment.channel_id != channel_id
+            or attachment.filename != parts[4]
+            or not hmac.compare_digest(expected, parsed.query.get("hm", ""))
+        ):
+            return None
+        return parts[0], attachment
+
+    async def _refresh_urls(self, ctx: _Context) -> web.StreamResponse:
+        body = ctx.body if isinstance(ctx.body, dict) else {}
+        urls = body.get("attachment_urls")
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise _form_error("attachment_urls", "BASE_TYPE_REQUIRED", "This field is required")
+        if not 1 <= len(urls) <= MAX_REFRESH_URLS:
+            raise _form_error(
+                "attachment_urls",
+                "BASE_TYPE_BAD_LENGTH",
+                f"Must be between 1 and {MAX_REFRESH_URLS} in length.",
+            )
+        refreshed = []
+        for url in urls:
+            found = self._signed_attachment(url)
+            if found is None:
+                continue  # not one of Discord's signed links: left out, as Discord does
+            host_path, attachment = found
+            fresh = self._cdn_url(
+                host_path, attachment.channel_id, attachment.id, attachment.filename
+            )
+            refreshed.append({"original": url, "refreshed": fresh})
+        self.refreshed_urls.extend(item["original"] for item in refreshed)
+        return self._json({"refreshed_urls": refreshed})
 
     # ---------------------------------------------------------------- messages (shared)
 
