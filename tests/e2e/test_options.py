@@ -16,7 +16,7 @@ from tests.e2e.test_bad_input import (
     slash_imagine,
     success,
 )
-from tests.e2e.test_generation import decoded_sizes, opt, settled_balance
+from tests.e2e.test_generation import decoded_sizes, job_id_of, opt, settled_balance
 from tests.emulators.providers import NBError, Processing, make_png
 
 INTEGER, BOOLEAN, NUMBER = 4, 5, 10
@@ -241,3 +241,75 @@ async def test_edit_takes_size_and_style(world: World):
     # No ratio given: the reference's 2:1, long side at 2048.
     assert (body["width"], body["height"]) == (2048, 1024)
     assert body["prompt"].startswith("watercolour painting of make it winter")
+
+
+async def test_re_roll_and_vary_of_a_styled_result_apply_the_style_once(world: World):
+    result = await success(
+        await slash_imagine(world, "a red fox --no snow --ar 3:2", opt("style", "anime"))
+    )
+    styled = world.providers.requests_to("text2img")[-1].json
+    job = job_id_of(result)
+    reroll = await world.discord.click(result, f"ib:reroll:{job}:0", user_id=world.member_id)
+    await success(reroll)
+    again = world.providers.requests_to("text2img")[-1].json
+    assert again["prompt"] == styled["prompt"]
+    assert again["prompt"].count("anime illustration of") == 1
+    assert (
+        again["negative_prompt"]
+        == styled["negative_prompt"]
+        == ("snow, photo, realistic, 3d render")
+    )
+    assert (again["width"], again["height"]) == (styled["width"], styled["height"])
+    vary = await world.discord.click(result, f"ib:var:{job}:1", user_id=world.member_id)
+    await success(vary)
+    varied = world.providers.requests_to("img2img")[-1].json
+    assert varied["prompt"] == styled["prompt"]
+
+
+async def test_the_edit_image_menu_reads_parameters_in_its_prompt(world: World):
+    png = await asyncio.to_thread(make_png, 700, 700)
+    attachment = world.discord.add_attachment(
+        world.channel_id, png, "cat.png", "image/png", ephemeral=False
+    )
+    target = world.discord.add_message(
+        world.channel_id, author_id=world.member_id, attachments=[attachment]
+    )
+    menu = await world.discord.message_command(
+        "Edit image",
+        guild_id=world.guild_id,
+        channel_id=world.channel_id,
+        user_id=world.member_id,
+        message=target,
+    )
+    callback = await menu.wait_for_callback()
+    submitted = await world.discord.submit_modal(
+        callback.data["custom_id"],
+        {"prompt": "give it a hat --style watercolor --size 2k --ar 9:16 --no scarf"},
+        guild_id=world.guild_id,
+        channel_id=world.channel_id,
+        user_id=world.member_id,
+    )
+    await success(submitted)
+    body = world.providers.requests_to("img2img")[-1].json
+    assert body["prompt"].startswith("watercolour painting of give it a hat")
+    assert body["negative_prompt"] == "scarf, photo, sharp edges, 3d render"
+    assert (body["width"], body["height"]) == (1152, 2048)
+    # A bad parameter in a modal is refused like anywhere else, for free.
+    menu = await world.discord.message_command(
+        "Edit image",
+        guild_id=world.guild_id,
+        channel_id=world.channel_id,
+        user_id=world.member_id,
+        message=target,
+    )
+    callback = await menu.wait_for_callback()
+    submitted = await world.discord.submit_modal(
+        callback.data["custom_id"],
+        {"prompt": "give it a hat --size 4k"},
+        guild_id=world.guild_id,
+        channel_id=world.channel_id,
+        user_id=world.member_id,
+    )
+    answer = await refusal(submitted)
+    assert answer.startswith("❌ size 4k is not available for edit on ModelsLab")
+    assert len(world.providers.requests_to("img2img")) == 1

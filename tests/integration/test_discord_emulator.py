@@ -138,6 +138,17 @@ class EmuCog(commands.Cog):
         original = await interaction.original_response()
         self.bot.outcomes["steps"] = (first.id, original.id, original.content)
 
+    @app_commands.command(name="flavour", description="Autocompletes as many choices as asked")
+    async def flavour(self, interaction: discord.Interaction, name: str, plain: str = "") -> None:
+        await interaction.response.send_message(name)
+
+    @flavour.autocomplete("name")
+    async def flavour_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        count = int(current or 0)
+        return [app_commands.Choice(name=f"flavour {n}", value=str(n)) for n in range(count)]
+
     @app_commands.command(name="feedback", description="Opens a modal")
     async def feedback(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_modal(FeedbackModal())
@@ -323,6 +334,7 @@ async def test_command_sync_is_recorded(harness: HarnessFactory) -> None:
             "late-edit",
             "big",
             "feedback",
+            "flavour",
             "steps",
             "Describe",
         }
@@ -659,3 +671,46 @@ async def test_channel_messages_and_late_guilds(harness: HarnessFactory) -> None
         await h.emu.wait_for(
             lambda: (g := h.bot.get_guild(late.id)) is not None and len(g.text_channels) == 1
         )
+
+
+async def test_autocomplete_round_trip_and_discords_limits(harness: HarnessFactory) -> None:
+    async with harness() as h:
+        asked = await h.emu.autocomplete(
+            "flavour",
+            guild_id=h.world.guild_id,
+            channel_id=h.world.channel_id,
+            user_id=h.world.user_id,
+            focused="name",
+            typed="3",
+            options=[{"name": "plain", "type": 3, "value": "x"}],
+        )
+        assert (await asked.wait_for_callback()).type == 8
+        assert asked.payload["type"] == 4
+        sent = {o["name"]: o for o in asked.data["options"]}
+        assert sent["name"] == {"name": "name", "type": 3, "value": "3", "focused": True}
+        assert asked.autocomplete_choices == [
+            {"name": f"flavour {n}", "value": str(n)} for n in range(3)
+        ]
+        # Discord takes at most 25 choices: 26 are refused, and nothing is shown.
+        too_many = await h.emu.autocomplete(
+            "flavour",
+            guild_id=h.world.guild_id,
+            channel_id=h.world.channel_id,
+            user_id=h.world.user_id,
+            focused="name",
+            typed="26",
+        )
+        await too_many.wait_for(lambda r: bool(r.rejections or r.callbacks))
+        assert too_many.rejections and too_many.autocomplete_choices is None
+        # The OpenAPI check sees it too; it is the point here, not a problem.
+        assert any("26 items exceed maxItems 25" in v for v in h.emu.spec_violations)
+        h.emu.spec_violations.clear()
+        # Discord asks only about options declared with autocomplete.
+        with pytest.raises(LookupError, match="no autocomplete option 'plain'"):
+            await h.emu.autocomplete(
+                "flavour",
+                guild_id=h.world.guild_id,
+                channel_id=h.world.channel_id,
+                user_id=h.world.user_id,
+                focused="plain",
+            )
