@@ -98,10 +98,7 @@ async def plan_messages(
     more messages rather than smaller pictures when it is not. U1-U4 still post
     each untouched original on its own."""
     grid = len(results) > 1
-    single = await images.fit_in_one_message(results, max_bytes=limit, max_files=10, grid=grid)
-    if single is not None:
-        return single
-    return await images.fit_for_upload(results, max_bytes=limit, max_files=10, grid=grid)
+    return await images.plan_messages(results, max_bytes=limit, max_files=10, grid=grid)
 
 
 class DiscordDelivery:

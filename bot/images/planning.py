@@ -93,13 +93,16 @@ def _prepare_upload(
     max_bytes: int,
     box: tuple[int, int] | None,
     keep_size: bool = False,
-) -> tuple[UploadFile, pyvips.Image | None] | None:
-    """One decode per image serves both its grid cell and, if needed, its re-encode.
-    With ``keep_size``, None when only a downscale would fit ``max_bytes`` (not an
-    exception: its traceback would keep the decoded pixels alive until a collection)."""
+    thumb: pyvips.Image | None = None,
+) -> tuple[UploadFile | None, pyvips.Image | None]:
+    """(upload, grid cell): one decode per image serves both the cell and, if
+    needed, the re-encode; ``thumb``, a cell made earlier, saves a decode when the
+    original goes as it is. With ``keep_size``, no upload when only a downscale
+    would fit ``max_bytes`` (not an exception: its traceback would keep the decoded
+    pixels alive until a collection), yet the cell, for the plan made instead."""
     fits = len(image.data) <= max_bytes
-    if fits and box is None:
-        return _original_file(image, number), None
+    if fits and (box is None or thumb is not None):
+        return _original_file(image, number), thumb
     mime = _result_mime(image)
     try:
         if fits:
@@ -120,7 +123,7 @@ def _prepare_upload(
         )
     except _CannotFit:
         if keep_size:
-            return None
+            return None, _thumbnail(rgb, box) if box is not None else None
         raise DeliveryError(
             f"The images could not be made smaller than {_human_bytes(max_bytes)} to upload them."
         ) from None
@@ -170,9 +173,7 @@ def _grid_layout(images: Sequence[ResultImage], max_side: int) -> _GridLayout:
 
 
 def _grid_thumbnail(image: ResultImage, box: tuple[int, int]) -> pyvips.Image:
-    prepared = _prepare_upload(image, 1, len(image.data), box)
-    assert prepared is not None  # the image fits its own size: nothing to give up
-    return prepared[1] or _canvas(box, (0, 0, 0))
+    return _prepare_upload(image, 1, len(image.data), box)[1] or _canvas(box, (0, 0, 0))
 
 
 def _compose_grid(

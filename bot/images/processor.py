@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TYPE_CHECKING, ParamSpec, Self, TypeVar
 
+import pyvips
 from PIL import Image
 
 from bot.errors import ImageError
@@ -256,6 +257,44 @@ class ImageProcessor:
             keep_size=True,
         )
 
+    async def plan_messages(
+        self,
+        images: Sequence[ResultImage],
+        *,
+        max_bytes: int,
+        max_files: int = 10,
+        grid: bool = True,
+    ) -> list[list[UploadFile]]:
+        """One message with the grid and every image when re-encoding is enough
+        (``fit_in_one_message``); more messages rather than smaller pictures when
+        it is not (``fit_for_upload``). Grid cells made for the first try serve the
+        second, so no image is decoded twice for them."""
+        cells: dict[int, pyvips.Image] = {}
+        single = await self._plan(
+            images,
+            max_bytes=max_bytes,
+            max_files=max_files,
+            grid=grid,
+            grid_max_side=GRID_MAX_SIDE,
+            max_messages=1,
+            keep_size=True,
+            cells=cells,
+        )
+        if single is not None:
+            return single
+        plan = await self._plan(
+            images,
+            max_bytes=max_bytes,
+            max_files=max_files,
+            grid=grid,
+            grid_max_side=GRID_MAX_SIDE,
+            max_messages=None,
+            keep_size=False,
+            cells=cells,
+        )
+        assert plan is not None  # only keep_size gives up
+        return plan
+
     async def _plan(
         self,
         images: Sequence[ResultImage],
@@ -266,7 +305,9 @@ class ImageProcessor:
         grid_max_side: int,
         max_messages: int | None,
         keep_size: bool,
+        cells: dict[int, pyvips.Image] | None = None,
     ) -> list[list[UploadFile]] | None:
+        """``cells``: grid cells by image number, used and filled in."""
         if max_bytes < 1 or max_files < 1:
             raise ValueError("max_bytes and max_files must be at least 1")
         if not images:
@@ -290,16 +331,28 @@ class ImageProcessor:
                 grid_budget = max_bytes // (2 * per_message) if want_grid else 0
                 file_budget = (max_bytes - grid_budget) // per_message
                 with_grid = per_message - 1
-        outcomes = await asyncio.gather(
+        known = cells if cells is not None else {}
+        prepared = await asyncio.gather(
             *(
-                self._run(_prepare_upload, image, number, file_budget, box, keep_size)
+                self._run(
+                    _prepare_upload,
+                    image,
+                    number,
+                    file_budget,
+                    box,
+                    keep_size,
+                    known.get(number),
+                )
                 for number, image in enumerate(images, start=1)
             )
         )
-        prepared = [outcome for outcome in outcomes if outcome is not None]
-        if len(prepared) < len(outcomes):
+        if cells is not None:
+            cells.update(
+                (number, thumb) for number, (_upload, thumb) in enumerate(prepared, 1) if thumb
+            )
+        files = [upload for upload, _thumb in prepared if upload is not None]
+        if len(files) < len(prepared):
             return None  # keep_size, and an image would have to shrink
-        files = [upload for upload, _thumb in prepared]
         if layout is not None:
             if with_grid:
                 # Room the samples left unused in the first message is the grid's

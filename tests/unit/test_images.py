@@ -994,3 +994,37 @@ async def test_one_message_plan_when_every_sample_keeps_its_size(
     assert plan == await processor.fit_for_upload(
         images, max_bytes=10 * 1024 * 1024, max_messages=1
     )
+
+
+async def test_plan_falling_back_to_several_messages_decodes_each_image_once(
+    processor: ImageProcessor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One message at full size is impossible, several are not: the grid cells
+    made while finding that out serve the second plan, so no image is decoded
+    again for its cell."""
+    from bot.images import planning
+
+    pngs = [encode(noise((1024, 1024), seed=50 + n), "PNG") for n in range(4)]
+    limit = max(len(p) for p in pngs) + 100_000  # each original fits a message alone
+    loads: list[int] = []
+    shrunk_on_load: list[int] = []
+    real_load, real_thumbnail_of = planning._load, planning._thumbnail_of
+
+    def spy_load(data: bytes, mime: str) -> pyvips.Image:
+        loads.append(len(data))
+        return real_load(data, mime)
+
+    def spy_thumbnail_of(data: bytes, mime: str, box: tuple[int, int]) -> pyvips.Image:
+        shrunk_on_load.append(len(data))
+        return real_thumbnail_of(data, mime, box)
+
+    monkeypatch.setattr(planning, "_load", spy_load)
+    monkeypatch.setattr(planning, "_thumbnail_of", spy_thumbnail_of)
+    images = [result(p) for p in pngs]
+    plan = await processor.plan_messages(images, max_bytes=limit)
+    check_plan(plan, 4, limit, 10, grid=True)
+    assert [f.data for message in plan for f in message][1:] == pngs  # untouched
+    assert sorted(loads) == sorted(len(p) for p in pngs) and not shrunk_on_load
+    # The same plan as the two calls it replaces.
+    assert await processor.fit_in_one_message(images, max_bytes=limit) is None
+    assert plan == await processor.fit_for_upload(images, max_bytes=limit)
