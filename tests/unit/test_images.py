@@ -1008,7 +1008,7 @@ async def test_plan_falling_back_to_several_messages_decodes_each_image_once(
     limit = max(len(p) for p in pngs) + 100_000  # each original fits a message alone
     loads: list[int] = []
     shrunk_on_load: list[int] = []
-    real_load, real_thumbnail_of = planning._load, planning._thumbnail_of
+    real_load, real_thumbnail_of = images_module._load, images_module._thumbnail_of
 
     def spy_load(data: bytes, mime: str) -> pyvips.Image:
         loads.append(len(data))
