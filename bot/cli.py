@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bot",
         description="An image-generation Discord bot (ModelsLab, Nano Banana Pro).",
+        epilog="Exit codes: 0 done; 1 the work failed (or an unexpected error); 2 a setting "
+        "or argument to fix, named on stderr; 3 a service (PostgreSQL) unreachable, try "
+        "again later.",
     )
     parser.add_argument(
         "--env-file", help="settings file to read (default: .env, when there is one)"

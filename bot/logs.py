@@ -134,3 +134,6 @@ def setup_logging(settings: Settings, *, stream: object = None) -> None:
     root.setLevel(settings.log_level)
     # discord.py's own DEBUG output includes gateway payloads; keep it at INFO.
     logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
+    # libvips reports every finished thread pool at INFO ("threadpool completed with
+    # 1 workers"): noise between an operator's lines, and nothing to act on.
+    logging.getLogger("pyvips").setLevel(max(logging.WARNING, root.level))
