@@ -24,6 +24,7 @@ from bot.jobstore import JobRecord, StoredImage
 from bot.memberstore import MemberStore
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
 from bot.picks import PickLimiter
+from bot.quota.service import QuotaService, ban_refusal
 from cogs._cdn import fresh_urls
 from cogs._delivery import NO_MENTIONS, DiscordDelivery, to_files
 from cogs._info import info_embed
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("bot.generation")
 
 RESTARTING = "The bot is restarting; please try again in a minute."
+# Of Discord's 3 s to acknowledge, what the checks before the acknowledgement may take.
+EARLY_CHECKS_BUDGET = 1.0
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
 
 
@@ -98,6 +101,11 @@ class GenerationService:
             return None
         if not interaction.response.is_done():
             try:
+                await self._refuse_before_answering(interaction)
+            except UserError as error:
+                await DiscordDelivery(self.bot, interaction).fail(None, error)
+                return None
+            try:
                 await interaction.response.defer(thinking=True)
             except discord.HTTPException as exc:
                 # A duplicate event (already acknowledged) or one that arrived too
@@ -148,6 +156,24 @@ class GenerationService:
             raise
         request = replace(request, references=request.references + tuple(references))
         return await self.bot.runtime.pipeline.run(request, delivery)
+
+    async def _refuse_before_answering(self, interaction: discord.Interaction[ImageBot]) -> None:
+        """The refusals that need no request (a channel rule, a ban), raised before
+        the public "thinking…" so the first answer is the private refusal. Bounded,
+        for Discord's 3 s to acknowledge: checks still running then are left to
+        the job, which refuses privately as well."""
+        try:
+            async with asyncio.timeout(EARLY_CHECKS_BUDGET):
+                await self._check_channel(interaction)
+                ledger = self.bot.runtime.ledger
+                if isinstance(ledger, QuotaService) and interaction.guild_id is not None:
+                    ban = await ledger.active_ban(
+                        str(interaction.guild_id), str(interaction.user.id)
+                    )
+                    if ban is not None:
+                        raise ban_refusal(ban)
+        except TimeoutError:
+            log.warning("early checks for interaction %s took too long", interaction.id)
 
     async def _prompt_allowed(
         self, interaction: discord.Interaction[ImageBot], request: GenerationRequest

@@ -68,6 +68,16 @@ def discord_time(when: datetime, style: str = "R") -> str:
     return f"<t:{math.floor(when.timestamp())}:{style}>"
 
 
+def ban_refusal(ban: Ban) -> QuotaRefused:
+    """What a banned member is told: for them alone, as it carries the moderator's reason."""
+    return QuotaRefused(
+        f"You are banned from generating images until {discord_time(ban.until, 'f')}: "
+        f"{ban.reason}.",
+        limit="ban",
+        resets_at=ban.until,
+    )
+
+
 def _credits(n: int) -> str:
     return f"{n} credit" if n == 1 else f"{n} credits"
 
@@ -369,12 +379,7 @@ class QuotaService:
 
             ban = await tx.active_ban(guild_id, user_id, now)
             if ban is not None:
-                raise QuotaRefused(
-                    "You are banned from generating images until "
-                    f"{discord_time(ban.until, 'f')}: {ban.reason}.",
-                    limit="ban",
-                    resets_at=ban.until,
-                )
+                raise ban_refusal(ban)
 
             if policy.cooldown_seconds > 0:
                 last = await tx.last_started(user_id)

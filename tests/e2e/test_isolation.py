@@ -125,16 +125,22 @@ async def test_refusals_reach_only_the_member_who_was_refused(world: World):
         answer = await final(interaction)
         assert reason in answer.content
         assert_private(world, answer)
-        # The public "thinking…" placeholder is gone, not left hanging.
-        assert interaction.original is None or interaction.original.deleted
+        # No public "thinking…" placeholder is left hanging.
+        original = interaction.original
+        assert original is None or original.deleted or original.ephemeral
+
+    assert refused[0].callbacks[0].type == 4  # the ban, too, was the very first answer
 
     # A channel rule and a bad file are refused privately too.
     await quota(world, "unban", world.moderator_id, member)
     elsewhere = {"name": "channel", "type": 7, "value": str(world.nsfw_channel_id)}
     await quota(world, "channels", world.moderator_id, opt("action", "add"), elsewhere)
-    answer = await final(await imagine(world, "in the wrong channel"))
+    wrong_channel = await imagine(world, "in the wrong channel")
+    answer = await final(wrong_channel)
     assert "only in" in answer.content
     assert_private(world, answer)
+    # Known before answering at all: no public "thinking…" ever appeared.
+    assert wrong_channel.callbacks[0].type == 4
     pdf = world.discord.add_attachment(world.nsfw_channel_id, b"%PDF-1.7", "cat.png", "image/png")
     edit = await world.discord.slash(
         "edit",
