@@ -114,6 +114,7 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
 
     # --- moderators ------------------------------------------------------------
     @app_commands.command(name="show", description="The pool, or a member's credits")
+    @app_commands.describe(member="A member; empty: the server's pool")
     @moderator_only()
     async def show(
         self, interaction: discord.Interaction[ImageBot], member: discord.Member | None = None
@@ -134,6 +135,11 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         await self._reply(interaction, f"{member.mention}: {describe(balances.user)}")
 
     @app_commands.command(name="set-pool", description="Credits per period for this server")
+    @app_commands.describe(
+        credits="Credits the whole server may spend per period",
+        period="How often the pool resets",
+        timezone="The time zone it resets in, e.g. Europe/Paris",
+    )
     @moderator_only()
     async def set_pool(
         self,
@@ -152,6 +158,10 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         )
 
     @app_commands.command(name="user-default", description="Credits per member per period")
+    @app_commands.describe(
+        credits="Credits each member may spend per period",
+        unlimited="True: members have no limit of their own",
+    )
     @moderator_only()
     async def user_default(
         self,
@@ -166,6 +176,12 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         )
 
     @app_commands.command(name="role-limit", description="Credits per period for a role")
+    @app_commands.describe(
+        role="The role",
+        credits="Credits per period for members with this role",
+        unlimited="True: no limit for this role",
+        remove="True: the role no longer has its own allowance",
+    )
     @moderator_only()
     async def role_limit(
         self,
@@ -192,6 +208,12 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         )
 
     @app_commands.command(name="user-limit", description="Credits per period for one member")
+    @app_commands.describe(
+        member="The member",
+        credits="Credits per period for this member (beats their roles)",
+        unlimited="True: no limit for this member",
+        remove="True: the member no longer has their own allowance",
+    )
     @moderator_only()
     async def user_limit(
         self,
@@ -234,6 +256,11 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         await self._reply(interaction, f"{who}: {'unlimited' if value is None else value} credits.")
 
     @app_commands.command(name="grant", description="Extra credits for this period")
+    @app_commands.describe(
+        credits="Extra credits, for this period only",
+        member="Who gets them; empty: the server's pool",
+        reason="Why, for the ledger",
+    )
     @moderator_only()
     async def grant(
         self,
@@ -253,6 +280,7 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         await self._reply(interaction, f"Granted {credits} credits to {target} for this period.")
 
     @app_commands.command(name="reset", description="Zero this period's usage")
+    @app_commands.describe(member="Whose usage; empty: the whole server's")
     @moderator_only()
     async def reset(
         self, interaction: discord.Interaction[ImageBot], member: discord.Member | None = None
@@ -267,6 +295,9 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         )
 
     @app_commands.command(name="ban", description="Stop a member generating for a while")
+    @app_commands.describe(
+        member="The member", hours="How long, in hours", reason="Why (the member is shown it)"
+    )
     @moderator_only()
     async def ban(
         self,
@@ -284,6 +315,7 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         )
 
     @app_commands.command(name="unban", description="Lift a member's ban")
+    @app_commands.describe(member="The member")
     @moderator_only()
     async def unban(
         self, interaction: discord.Interaction[ImageBot], member: discord.Member
@@ -299,6 +331,9 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         )
 
     @app_commands.command(name="usage", description="Who or where credits went")
+    @app_commands.describe(
+        by="Group the credits by member, channel or day", days="The last N days; empty: this period"
+    )
     @moderator_only()
     async def usage(
         self,
@@ -359,6 +394,7 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         await self._reply(interaction, "Credits per image:\n" + "\n".join(lines))
 
     @app_commands.command(name="log-channel", description="Where pool alerts (80 %, 100 %) go")
+    @app_commands.describe(channel="Where alerts go; empty: no alerts")
     @moderator_only()
     async def log_channel(
         self,
@@ -373,6 +409,9 @@ class Quota(commands.GroupCog, group_name="quota", group_description="Image cred
         )
 
     @app_commands.command(name="channels", description="Limit image commands to some channels")
+    @app_commands.describe(
+        action="Add or remove a channel, or list them", channel="The channel to add or remove"
+    )
     @moderator_only()
     async def channels(
         self,
