@@ -30,6 +30,7 @@ from bot.config import Settings
 from bot.errors import BotError
 from bot.migrate import (
     MIGRATIONS_DIR,
+    DatabaseUnavailable,
     applied_versions,
     apply_postgres_migrations,
     describe_database,
@@ -293,6 +294,15 @@ async def run_migrate_command(args: argparse.Namespace, settings: Settings) -> i
     except MigrateUsageError as exc:
         sys.stderr.write(f"{command}: {exc.user_message}\n")
         return EXIT_USAGE
+    except DatabaseUnavailable as exc:
+        # Told as `migrate` and the bot tell it (bot.startup), naming where the URL came from.
+        from bot.startup import EXIT_UNAVAILABLE, ServiceUnavailable, database_error
+
+        target = getattr(args, "target", None)
+        url = target or settings.database_url or ""
+        error = database_error(exc, url, "--to" if target else "DATABASE_URL")
+        sys.stderr.write(f"{error.user_message}\n")
+        return EXIT_UNAVAILABLE if isinstance(error, ServiceUnavailable) else EXIT_USAGE
     except BotError as exc:
         sys.stderr.write(f"{command}: {exc.user_message}\n")
         return EXIT_FAILED

@@ -202,8 +202,9 @@ def prepare_data_dir(settings: Settings) -> None:
 # --- PostgreSQL --------------------------------------------------------------
 
 
-def database_error(exc: BaseException, url: str) -> BotError:
-    """An error of connecting to PostgreSQL as one line naming DATABASE_URL."""
+def database_error(exc: BaseException, url: str, setting: str = "DATABASE_URL") -> BotError:
+    """An error of connecting to PostgreSQL as one line naming the setting (or argument)
+    that holds the URL."""
     import asyncpg  # type: ignore[import-untyped]
 
     from bot.migrate import describe_database
@@ -211,7 +212,7 @@ def database_error(exc: BaseException, url: str) -> BotError:
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     where = describe_database(url)
     if isinstance(cause, ValueError):
-        return ConfigError(f"DATABASE_URL: not a usable postgresql:// URL ({where})")
+        return ConfigError(f"{setting}: not a usable postgresql:// URL ({where})")
     config_errors = {
         asyncpg.InvalidPasswordError: "the server refused the user name or password",
         asyncpg.InvalidAuthorizationSpecificationError: "the server refused the user name",
@@ -219,7 +220,7 @@ def database_error(exc: BaseException, url: str) -> BotError:
     }
     for kind, reason in config_errors.items():
         if isinstance(cause, kind):
-            return ConfigError(f"DATABASE_URL: cannot use {where}: {reason}; correct DATABASE_URL")
+            return ConfigError(f"{setting}: cannot use {where}: {reason}; correct {setting}")
     if isinstance(cause, socket.gaierror):
         reason = "its host name is not known"
     elif isinstance(cause, ConnectionRefusedError):
@@ -231,8 +232,7 @@ def database_error(exc: BaseException, url: str) -> BotError:
     else:
         reason = str(cause) or type(cause).__name__
     return ServiceUnavailable(
-        f"DATABASE_URL: cannot connect to {where} ({reason}); "
-        "start the server or correct DATABASE_URL"
+        f"{setting}: cannot connect to {where} ({reason}); start the server or correct {setting}"
     )
 
 

@@ -378,3 +378,13 @@ async def test_run_warns_about_an_unknown_setting_and_goes_on(tmp_path, discord_
     warning, error = result.lines
     assert "WARNING" in warning and "did you mean MODELSLAB_MODEL_ID?" in warning
     assert error.startswith("DISCORD_TOKEN: Discord refused")
+
+
+async def test_migrate_data_to_an_unreachable_server_names_the_to_argument(tmp_path):
+    env = base_env(tmp_path)
+    migrated = await run_bot_cli("migrate", env=env, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    url = f"postgresql://bot:pg-secret-pw@127.0.0.1:{free_port()}/imagebot"
+    result = await run_bot_cli("migrate-data", "--to", url, env=env, cwd=tmp_path)
+    line = one_line(result, EXIT_UNAVAILABLE, "--to: cannot connect", "connection refused")
+    assert "pg-secret-pw" not in line
