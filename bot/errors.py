@@ -157,3 +157,7 @@ class LeaseLost(Exception):
     """Another process adopted this job (its owner's lease had run out): this
     process must stop working on it without a word or a refund; the adopter
     finishes it. Not a ``BotError``: nothing is ever shown for it."""
+
+
+class ContentFlagged(UserError):
+    """The provider flagged a result as NSFW where it may not be posted."""

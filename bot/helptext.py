@@ -27,7 +27,7 @@ def _credits(n: int) -> str:
 
 def _prices(provider: Provider, mode: Mode, costs: Mapping[str, int]) -> str:
     """Credits per image for ``mode``, by size where the provider sizes by tier."""
-    sizes = provider.capabilities.size_tiers or (None,)
+    sizes: tuple[str | None, ...] = provider.capabilities.sizes_for(mode) or (None,)
     priced = []
     for size in sizes:
         tier = provider.cost_tier(GenerationRequest(mode=mode, prompt="", size=size))

@@ -11,12 +11,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.errors import BotError, DeliveryError, UserError
+from bot.errors import BotError, ContentFlagged, DeliveryError, UserError
 from bot.images import ImageProcessor, UploadFile
 from bot.jobs import Job, JobResult
 from bot.jobstore import StoredImage
@@ -34,6 +35,12 @@ TITLES = {Mode.TEXT: "Imagine", Mode.EDIT: "Edit", Mode.BLEND: "Blend"}
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's lowest tier, when the guild is unknown
 UPLOAD_ATTEMPTS = 3
 CANCELLABLE = (Stage.QUEUED, Stage.SUBMITTING, Stage.PROCESSING)
+SPOILER = "SPOILER_"  # Discord blurs attachments named so until clicked
+NSFW_REFUSAL = (
+    "The image service flagged this result as not safe for work, so it is not posted "
+    "in this channel and nothing was charged. Age-restricted channels show such "
+    "results as spoilers."
+)
 
 
 def _too_large(exc: discord.HTTPException) -> bool:
@@ -111,9 +118,12 @@ class DiscordDelivery:
         interaction: discord.Interaction[ImageBot] | None,
         *,
         channel_id: int | None = None,
+        private: bool = False,
     ) -> None:
         self.bot = bot
         self.interaction = interaction
+        # Results for the requester alone (their /settings, where the guild allows).
+        self.private = private
         self.channel_id = channel_id or (interaction.channel_id if interaction else None)
         # The deferred reply already says the bot is thinking, so the first
         # progress edit waits an interval like the others: a quick job goes
@@ -160,6 +170,8 @@ class DiscordDelivery:
         )
 
     async def deliver(self, job: Job, result: JobResult) -> None:
+        if result.nsfw_detected and not self._age_restricted():
+            raise ContentFlagged(NSFW_REFUSAL)
         limit = self._upload_limit()
         for attempt in range(1, UPLOAD_ATTEMPTS + 1):
             plan = await plan_messages(self.bot.runtime.images, result.images, limit)
@@ -190,10 +202,24 @@ class DiscordDelivery:
             model=result.model,
         )
 
+    def _age_restricted(self) -> bool:
+        channel: object = self.interaction.channel if self.interaction else None
+        if channel is None:
+            channel = self.bot.get_channel(self.channel_id or 0)
+        checker = getattr(channel, "is_nsfw", None)
+        return bool(checker()) if callable(checker) else False
+
     async def _send_plan(self, job: Job, result: JobResult, plan: list[list[UploadFile]]) -> None:
         embed = result_embed(result)
-        embed.set_image(url=f"attachment://{plan[0][0].filename}")
-        view = result_view(job.id, len(result.images), can_vary=self._can_vary())
+        if result.nsfw_detected:
+            # Only reached in an age-restricted channel: hidden until clicked, and
+            # not as the embed's picture, which Discord would show unblurred.
+            plan = [[replace(u, filename=SPOILER + u.filename) for u in part] for part in plan]
+        else:
+            embed.set_image(url=f"attachment://{plan[0][0].filename}")
+        view = result_view(
+            job.id, len(result.images), can_vary=self._can_vary(), can_delete=not self.private
+        )
         self.messages.append(await self._send_first(job, embed, plan[0], view))
         for extra in plan[1:]:
             self.messages.append(await self._send_more(extra))
@@ -234,7 +260,10 @@ class DiscordDelivery:
         if self.interaction is not None and not self._expiring():
             try:
                 return await self.interaction.followup.send(
-                    files=to_files(uploads), wait=True, allowed_mentions=NO_MENTIONS
+                    files=to_files(uploads),
+                    wait=True,
+                    ephemeral=self.private,
+                    allowed_mentions=NO_MENTIONS,
                 )
             except discord.HTTPException as exc:
                 if not self._token_died(exc):
@@ -258,7 +287,7 @@ class DiscordDelivery:
         urls: dict[str, str] = {}
         for message in self.messages:
             for attachment in message.attachments:
-                urls[attachment.filename] = attachment.url
+                urls[attachment.filename.removeprefix(SPOILER)] = attachment.url
         stored = []
         for index, image in enumerate(result.images, start=1):
             url = next(

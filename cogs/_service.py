@@ -24,6 +24,8 @@ from bot.jobstore import JobRecord, StoredImage
 from bot.memberstore import MemberStore
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
 from bot.picks import PickLimiter
+from bot.preferences import Preferences, PreferenceStore
+from bot.prompt_params import parse as parse_params
 from bot.quota.service import QuotaService, ban_refusal
 from cogs._cdn import fresh_urls
 from cogs._delivery import NO_MENTIONS, DiscordDelivery, to_files
@@ -97,8 +99,10 @@ class GenerationService:
         ``bot.compose``); a re-roll passes False, its request being composed already."""
         if not self.bot.accepting:
             raise UserError(RESTARTING)
-        if not await self._prompt_allowed(interaction, request):
+        if not await self._prompt_allowed(interaction, request, parsed=compose):
             return None
+        preferences = await self._preferences(interaction)
+        private = preferences.private and await self._private_allowed(interaction)
         if not interaction.response.is_done():
             try:
                 await self._refuse_before_answering(interaction)
@@ -106,13 +110,13 @@ class GenerationService:
                 await DiscordDelivery(self.bot, interaction).fail(None, error)
                 return None
             try:
-                await interaction.response.defer(thinking=True)
+                await interaction.response.defer(thinking=True, ephemeral=private)
             except discord.HTTPException as exc:
                 # A duplicate event (already acknowledged) or one that arrived too
                 # late to answer: the member's first copy, if any, is being handled.
                 log.warning("could not acknowledge interaction %s: %s", interaction.id, exc)
                 return None
-        delivery = DiscordDelivery(self.bot, interaction)
+        delivery = DiscordDelivery(self.bot, interaction, private=private)
         request = replace(
             request,
             requester=requester_of(interaction),
@@ -124,7 +128,13 @@ class GenerationService:
         # preparation (attachments may take a while) as for the job itself.
         return await self.bot.run_job(
             self._prepare_and_run(
-                interaction, request, attachments, delivery, style=style, compose=compose
+                interaction,
+                request,
+                attachments,
+                delivery,
+                style=style,
+                compose=compose,
+                preferences=preferences,
             )
         )
 
@@ -137,11 +147,14 @@ class GenerationService:
         *,
         style: str | None,
         compose: bool,
+        preferences: Preferences,
     ) -> JobOutcome | None:
         try:
             await self._check_channel(interaction)
             if compose:
-                request = await self.compose(interaction, request, style=style)
+                request = await self.compose(
+                    interaction, request, style=style, preferences=preferences
+                )
             references = await self.load_attachments(attachments)
         except BotError as error:
             await delivery.fail(None, error)
@@ -175,17 +188,45 @@ class GenerationService:
         except TimeoutError:
             log.warning("early checks for interaction %s took too long", interaction.id)
 
+    async def _preferences(self, interaction: discord.Interaction[ImageBot]) -> Preferences:
+        if interaction.guild_id is None:
+            return Preferences()
+        store = PreferenceStore(self.bot.jobs.database)
+        return await store.get(str(interaction.guild_id), str(interaction.user.id))
+
+    async def private_for(self, interaction: discord.Interaction[ImageBot]) -> bool:
+        """Whether this member's new results go to them alone."""
+        if interaction.guild_id is None:
+            return False
+        return (await self._preferences(interaction)).private and await self._private_allowed(
+            interaction
+        )
+
+    async def _private_allowed(self, interaction: discord.Interaction[ImageBot]) -> bool:
+        store = PreferenceStore(self.bot.jobs.database)
+        return await store.private_allowed(str(interaction.guild_id))
+
     async def _prompt_allowed(
-        self, interaction: discord.Interaction[ImageBot], request: GenerationRequest
+        self,
+        interaction: discord.Interaction[ImageBot],
+        request: GenerationRequest,
+        *,
+        parsed: bool,
     ) -> bool:
         """The guild's blocked words, checked before anything is reserved or sent.
         The member gets a neutral refusal, privately when nothing was deferred yet;
-        the log channel gets who, where and which rule."""
+        the log channel gets who, where and which rule. Prompt parameters are not
+        part of the check (``--no gore`` asks for less of it, not more)."""
         if interaction.guild_id is None:
             return True
         guild = str(interaction.guild_id)
         blocklist = await MemberStore(self.bot.jobs.database).blocklist(guild)
-        rule = blocklist.match(request.prompt)
+        prompt = request.prompt
+        if parsed and blocklist.rules:
+            # Bad parameters are refused by compose; the words are checked as typed.
+            with contextlib.suppress(UserError):
+                prompt = parse_params(prompt).prompt
+        rule = blocklist.match(prompt)
         if rule is None:
             return True
         log.info("guild %s: prompt refused by a blocked-word rule", guild)
@@ -218,11 +259,29 @@ class GenerationService:
         request: GenerationRequest,
         *,
         style: str | None,
+        preferences: Preferences | None = None,
     ) -> GenerationRequest:
-        """Prompt parameters, the style and defaults applied (``bot.compose``)."""
-        return await compose_request(
-            request, pipeline=self.bot.runtime.pipeline, styles=self.bot.styles, style=style
+        """Prompt parameters, the style and defaults applied (``bot.compose``), the
+        member's /settings under whatever the command itself gives."""
+        preferences = preferences or Preferences()
+        default_style = preferences.style
+        if default_style is not None:
+            # A default style a moderator has since removed is dropped, not refused.
+            found = await self.bot.styles.get(request.requester.guild_id, default_style)
+            default_style = found.name if found is not None else None
+        pipeline = self.bot.runtime.pipeline
+        request = await compose_request(
+            request,
+            pipeline=pipeline,
+            styles=self.bot.styles,
+            style=style,
+            default_style=default_style,
+            member_defaults=preferences.defaults(),
         )
+        if preferences.samples is not None and "samples" not in interaction.namespace:
+            most = pipeline.choose_provider(request).capabilities.max_samples
+            request = replace(request, samples=min(preferences.samples, most))
+        return request
 
     async def _check_channel(self, interaction: discord.Interaction[Any]) -> None:
         if interaction.guild_id is None:
@@ -346,7 +405,9 @@ class GenerationService:
         return record
 
     async def reroll(self, interaction: discord.Interaction[ImageBot], job_id: str) -> None:
-        await interaction.response.defer(thinking=True)
+        await interaction.response.defer(
+            thinking=True, ephemeral=await self.private_for(interaction)
+        )
         try:
             record = await self.record_for(interaction, job_id)
             request = await self.rehydrate(replace(record.request, seed=None))
@@ -363,7 +424,9 @@ class GenerationService:
         prompt: str | None = None,
     ) -> None:
         if not interaction.response.is_done():
-            await interaction.response.defer(thinking=True)
+            await interaction.response.defer(
+                thinking=True, ephemeral=await self.private_for(interaction)
+            )
         try:
             record = await self.record_for(interaction, job_id)
             reference = await self.image_of(record, n)
@@ -384,7 +447,9 @@ class GenerationService:
         record = await self.record_for(interaction, job_id)
         # Refused before deferring, so the reason is a private first answer.
         with self.picks.hold(str(interaction.user.id)):
-            await interaction.response.defer(thinking=True)
+            await interaction.response.defer(
+                thinking=True, ephemeral=_on_private_message(interaction)
+            )
 
             async def waiting() -> None:
                 with contextlib.suppress(discord.HTTPException):
@@ -452,6 +517,12 @@ class GenerationService:
         if interaction.message is not None:
             await interaction.message.delete()
         await interaction.followup.send("Deleted.", ephemeral=True)
+
+
+def _on_private_message(interaction: discord.Interaction[Any]) -> bool:
+    """A button on a private result answers privately too."""
+    message = interaction.message
+    return message is not None and message.flags.ephemeral
 
 
 def _read(path: str) -> bytes:

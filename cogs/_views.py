@@ -67,7 +67,9 @@ class JobButton(
         await cog.handle_button(interaction, self.action, self.job_id, self.n)
 
 
-def result_view(job_id: str, count: int, *, can_vary: bool) -> discord.ui.View:
+def result_view(
+    job_id: str, count: int, *, can_vary: bool, can_delete: bool = True
+) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for n in range(1, count + 1):
         view.add_item(JobButton("up", job_id, n, label=f"U{n}", row=0))
@@ -82,9 +84,12 @@ def result_view(job_id: str, count: int, *, can_vary: bool) -> discord.ui.View:
     if can_vary:
         view.add_item(JobButton("edit", job_id, label="Edit", emoji="✏️", row=2))
     view.add_item(JobButton("info", job_id, label="Info", emoji="ℹ️", row=2))
-    view.add_item(
-        JobButton("del", job_id, label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger, row=2)
-    )
+    if can_delete:  # a private result is dismissed, not deleted
+        view.add_item(
+            JobButton(
+                "del", job_id, label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger, row=2
+            )
+        )
     return view
 
 

@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.helptext import Section, listing_section, provider_section, shapes_section
+from bot.prompt_params import describe
 from bot.quota.service import discord_time
 from cogs._service import is_moderator, requester_of
 
@@ -52,7 +53,19 @@ class Help(commands.Cog, name="Help"):
             self._commands(is_moderator(interaction)),
             provider_section(self.bot.runtime.providers, self.bot.settings.costs),
             shapes_section(self.bot.runtime.providers),
-            listing_section("Parameters", [], "Set options with the command's fields."),
+            listing_section(
+                "Parameters (at the end of a prompt)",
+                [(f"--{spec.name}", f"{spec.description} ({spec.values})") for spec in describe()],
+                "Set options with the command's fields.",
+            ),
+            listing_section(
+                "Styles (`style` option or --style)",
+                [
+                    (style.name, style.summary())
+                    for style in await self.bot.styles.list(str(interaction.guild_id))
+                ],
+                "No styles here yet.",
+            ),
             await self._credits(interaction),
         ]
         for section in sections:

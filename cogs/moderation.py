@@ -1,4 +1,4 @@
-"""/moderation: content rules for moderators (blocked words).
+"""/moderation: content rules for moderators (blocked words, private results).
 
 Hidden from members by default (Manage Server) and checked by the bot itself on
 every command, whatever a guild's integration settings say. The rules live in
@@ -18,6 +18,7 @@ from discord.ext import commands
 from bot.blocklist import MAX_RULE_LENGTH, parse_rule
 from bot.errors import UserError
 from bot.memberstore import MemberStore
+from bot.preferences import PreferenceStore
 from cogs.quota import moderator_only
 
 if TYPE_CHECKING:
@@ -46,6 +47,23 @@ class Moderation(
     async def _reply(self, interaction: discord.Interaction[ImageBot], content: str) -> None:
         await interaction.response.send_message(
             content, ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    @app_commands.command(
+        name="private-results", description="Let members receive their images privately"
+    )
+    @app_commands.describe(allowed="True: members may turn on private results in /settings")
+    @moderator_only()
+    async def private_results(
+        self, interaction: discord.Interaction[ImageBot], allowed: bool
+    ) -> None:
+        store = PreferenceStore(self.bot.jobs.database)
+        await store.allow_private(str(interaction.guild_id), allowed)
+        await self._reply(
+            interaction,
+            "Members may now choose private results in /settings: only they see their images."
+            if allowed
+            else "Private results are off: every result is posted in its channel.",
         )
 
     @blocklist.command(name="add", description="Refuse prompts containing a word or phrase")

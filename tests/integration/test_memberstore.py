@@ -77,3 +77,26 @@ async def test_history_lists_a_members_jobs_newest_first(ledger_db: LedgerDb):
         ]
         record = await jobs.get(f"{3:032x}")
         assert record is not None and record.model == "flux"
+
+
+async def test_preferences_per_member_and_guild_on_both_backends(ledger_db: LedgerDb):
+    from bot.preferences import Preferences, PreferenceStore
+
+    async with member_store(ledger_db) as members:
+        store = PreferenceStore(members._db)
+        assert await store.get("g1", "u1") == Preferences()
+        chosen = Preferences().changed("style", "photo").changed("samples", "3")
+        chosen = chosen.changed("private", True)
+        await store.save("g1", "u1", chosen)
+        assert await store.get("g1", "u1") == chosen
+        assert await store.get("g1", "u2") == Preferences()
+        assert await store.get("g2", "u1") == Preferences()
+        assert not await store.private_results("g1", "u1")  # the guild has not allowed it
+        await store.allow_private("g1", True)
+        assert await store.private_results("g1", "u1")
+        await store.save("g1", "u1", chosen.changed("samples", None))
+        assert (await store.get("g1", "u1")).samples is None
+        with pytest.raises(UserError, match="1 to 4"):
+            chosen.changed("samples", 9)
+        await store.clear("g1", "u1")
+        assert await store.get("g1", "u1") == Preferences()
