@@ -7,6 +7,7 @@ requester (they would otherwise never learn the images arrived).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -41,6 +42,12 @@ NSFW_REFUSAL = (
     "in this channel and nothing was charged. Age-restricted channels show such "
     "results as spoilers."
 )
+# Stages that end within moments once the provider is done: their line is posted
+# only if it is still current after BRIEF_GRACE seconds. A "Downloading…" that the
+# result replaces a few milliseconds later costs an edit (a request and a parsed
+# Message) and delays the result by its round trip, and nobody gets to read it.
+BRIEF_STAGES = (Stage.DOWNLOADING, Stage.DELIVERING)
+BRIEF_GRACE = 1.0
 
 
 def _too_large(exc: discord.HTTPException) -> bool:
@@ -132,6 +139,8 @@ class DiscordDelivery:
         self._last_text = ""
         self.messages: list[discord.Message] = []
         self._dead_token = False
+        self._brief: asyncio.Task[None] | None = None  # a brief stage's line, waiting
+        self._brief_sending = False
 
     def _token_died(self, exc: discord.HTTPException) -> bool:
         """Invalid Webhook Token (50027) or Unknown Webhook (10015): the token is
@@ -162,12 +171,50 @@ class DiscordDelivery:
             return
         if self.interaction is None or self._expiring():
             return  # progress is a courtesy; never spend a channel message on it
+        if progress.stage in BRIEF_STAGES:
+            self._show_later(text)
+            return
         self._last_edit, self._last_text = now, text
         # Cancel is offered while the job waits or the provider works, not after.
         view = progress_view(job.id) if progress.stage in CANCELLABLE else None
         await self.interaction.edit_original_response(
             content=text, view=view, allowed_mentions=NO_MENTIONS
         )
+
+    def _show_later(self, text: str) -> None:
+        if self._brief is not None and not self._brief_sending:
+            self._brief.cancel()
+        brief = asyncio.create_task(self._show_brief(text), name="brief-progress")
+        self._brief = brief
+        job_task = asyncio.current_task()
+        if job_task is not None:
+            # Never after the job: a line landing on its final message would hide it.
+            job_task.add_done_callback(lambda _task: brief.cancel())
+
+    async def _show_brief(self, text: str) -> None:
+        await asyncio.sleep(BRIEF_GRACE)
+        if self.interaction is None or self._expiring():
+            return
+        self._brief_sending = True
+        self._last_edit, self._last_text = time.monotonic(), text
+        try:
+            await self.interaction.edit_original_response(
+                content=text, view=None, allowed_mentions=NO_MENTIONS
+            )
+        except discord.HTTPException:
+            log.debug("a progress line could not be shown", exc_info=True)
+
+    async def _settle_brief(self) -> None:
+        """Before the answer: a brief stage's line still waiting is dropped; one on
+        its way is let arrive first, so that it never lands after the answer."""
+        brief, self._brief = self._brief, None
+        if brief is None:
+            return
+        if not self._brief_sending:
+            brief.cancel()
+        # wait(), not await: the line's own cancellation must not end this job.
+        await asyncio.wait({brief})
+        self._brief_sending = False
 
     async def deliver(self, job: Job, result: JobResult) -> None:
         if result.nsfw_detected and not self._age_restricted():
@@ -210,6 +257,7 @@ class DiscordDelivery:
         return bool(checker()) if callable(checker) else False
 
     async def _send_plan(self, job: Job, result: JobResult, plan: list[list[UploadFile]]) -> None:
+        await self._settle_brief()
         embed = result_embed(result)
         if result.nsfw_detected:
             # Only reached in an age-restricted channel: hidden until clicked, and
@@ -308,6 +356,7 @@ class DiscordDelivery:
 
     async def fail(self, job: Job | None, error: BotError) -> None:
         text = f"❌ {error.user_message}"
+        await self._settle_brief()
         if isinstance(error, UserError):
             # A refusal (a ban and its reason, an allowance, a channel rule, a
             # bad file) is for the member alone, never for the channel.

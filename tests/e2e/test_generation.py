@@ -8,6 +8,7 @@ import re
 import sys
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from tests.e2e.conftest import World, make_settings, populate, running_bot
@@ -144,6 +145,37 @@ async def test_progress_is_shown_while_the_provider_works(world: World):
     contents = [edit.get("content") or "" for edit in message.edits]
     assert any("working on it" in c for c in contents), contents
     assert message.embeds
+
+
+async def test_lines_of_brief_stages_are_not_shown_when_the_result_follows_at_once(
+    world: World,
+):
+    """Fetching and uploading a result take moments: their progress lines would be
+    replaced before anyone reads them, so none is sent (the provider's is)."""
+    world.bot.settings.progress_interval = 0.2
+    world.providers.script("text2img", Processing(polls=20, eta=0.3))
+    interaction = await imagine(world, "a slow painting, quickly fetched")
+    message = await final(interaction, within=20)
+    contents = [edit.get("content") or "" for edit in message.edits]
+    assert any("working on it" in c for c in contents), contents
+    assert not any("Fetching" in c or "Uploading" in c for c in contents), contents
+    assert message.embeds
+
+
+async def test_lines_of_brief_stages_are_shown_when_they_last(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """The same line is sent once its stage outlasts the grace (here none), and
+    always before the result, never over it."""
+    import cogs._delivery
+
+    monkeypatch.setattr(cogs._delivery, "BRIEF_GRACE", 0.0)
+    world.bot.settings.progress_interval = 0.0
+    interaction = await imagine(world, "a painting, slowly fetched")
+    message = await final(interaction, within=20)
+    contents = [edit.get("content") or "" for edit in message.edits]
+    assert any("Fetching" in c or "Uploading" in c for c in contents), contents
+    assert message.embeds and not message.content
 
 
 async def test_a_quick_job_goes_straight_to_its_result(world: World):
