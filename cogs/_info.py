@@ -8,11 +8,11 @@ import discord
 
 from bot.jobstore import JobRecord
 from bot.models import GenerationRequest
+from bot.prompt_params import PromptParams
 
 
 def style_of(request: GenerationRequest) -> str | None:
-    style = getattr(request, "style", None) or request.options.get("style")
-    return str(style) if style else None
+    return request.style
 
 
 def size_of(record: JobRecord) -> str:
@@ -27,26 +27,26 @@ def size_of(record: JobRecord) -> str:
 
 
 def parameters_of(record: JobRecord) -> str:
-    """The result's settings as prompt parameters a member can paste back."""
+    """The result's settings as prompt parameters a member can paste back. The
+    stored prompt and negative prompt already carry the style, so ``--style`` is
+    left out rather than applied twice."""
     request = record.request
-    params: list[str] = []
-    if request.aspect_ratio:
-        params.append(f"--ar {request.aspect_ratio}")
-    if request.size:
-        params.append(f"--size {request.size}")
-    style = style_of(request)
-    if style:
-        params.append(f"--style {style}")
-    seed = record.seed if record.seed is not None else request.seed
-    if seed is not None:
-        params.append(f"--seed {seed}")
-    for option, name in (("num_inference_steps", "steps"), ("guidance_scale", "guidance")):
-        value: Any = request.options.get(option)
-        if value is not None:
-            params.append(f"--{name} {value}")
-    if request.negative_prompt:
-        params.append(f"--no {request.negative_prompt}")
-    return " ".join(params)
+    options = request.options
+    enhance = options.get("enhance_prompt")
+    guidance: Any = options.get("guidance_scale")
+    steps: Any = options.get("num_inference_steps")
+    params = PromptParams(
+        prompt="",
+        aspect_ratio=request.aspect_ratio,
+        negative=(request.negative_prompt,) if request.negative_prompt else (),
+        seed=record.seed if record.seed is not None else request.seed,
+        size=request.size,
+        steps=None if steps is None else str(steps),
+        guidance=None if guidance is None else float(guidance),
+        scheduler=options.get("scheduler"),
+        enhance=None if enhance is None else enhance == "yes",
+    )
+    return params.render().strip()
 
 
 def info_embed(record: JobRecord, default_model: str | None = None) -> discord.Embed:

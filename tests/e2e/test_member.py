@@ -127,8 +127,25 @@ async def test_info_shows_everyone_how_to_make_the_image_again(world: World):
     assert fields["Provider"] == "modelslab"
     assert fields["Model"] == "flux"
     assert "16:9" in fields["Size"] and "×" in fields["Size"]
-    assert fields["Parameters"] == "`--ar 16:9 --seed 4242 --no blur`"
+    assert fields["Style"] == "none"
+    assert fields["Parameters"] == "`--ar 16:9 --no blur --seed 4242`"
     assert "Credits" not in str(fields) and str(world.member_id) not in str(embed)
+
+
+async def test_info_names_the_style_and_the_options_in_effect(world: World):
+    result = await final(
+        await imagine(world, "a red fox --steps 31 --guidance 7.5", style="anime", seed=7)
+    )
+    job_id = job_id_of(result)
+    info = await press(world, result, f"ib:info:{job_id}:0", world.member_id)
+    embed = info.callbacks[0].data["embeds"][0]
+    fields = {field["name"]: field["value"] for field in embed["fields"]}
+    assert fields["Style"] == "anime"
+    assert embed["description"].startswith("anime illustration of a red fox")
+    # The stored prompt carries the style already: pasting these back repeats it.
+    assert "--style" not in fields["Parameters"]
+    assert "--seed 7 --steps 31 --guidance 7.5" in fields["Parameters"]
+    assert "--no photo, realistic" in fields["Parameters"]
 
 
 async def test_info_of_another_guilds_result_is_refused(world: World):
