@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bot",
         description="An image-generation Discord bot (ModelsLab, Nano Banana Pro).",
         epilog="Exit codes: 0 done; 1 the work failed (or an unexpected error); 2 a setting "
-        "or argument to fix, named on stderr; 3 a service (PostgreSQL) unreachable, try "
-        "again later.",
+        "or argument to fix, named on stderr; 3 a service (PostgreSQL, or Discord for "
+        "check --online) unreachable, try again later.",
     )
     parser.add_argument(
         "--env-file", help="settings file to read (default: .env, when there is one)"
@@ -145,10 +145,14 @@ def _health(settings: Settings) -> int:
     try:
         age = time.time() - heartbeat.stat().st_mtime
     except OSError:
-        print(f"unhealthy: {heartbeat} is missing", file=sys.stderr)
+        print(f"unhealthy: {heartbeat} is missing (is the bot running?)", file=sys.stderr)
         return EXIT_FAILED
     if age > HEARTBEAT_MAX_AGE:
-        print(f"unhealthy: last heartbeat {age:.0f} s ago", file=sys.stderr)
+        print(
+            f"unhealthy: last heartbeat {age:.0f} s ago in {heartbeat}; the bot has stopped "
+            "or its event loop is stuck",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     print("healthy")
     return EXIT_OK

@@ -388,3 +388,9 @@ async def test_migrate_data_to_an_unreachable_server_names_the_to_argument(tmp_p
     result = await run_bot_cli("migrate-data", "--to", url, env=env, cwd=tmp_path)
     line = one_line(result, EXIT_UNAVAILABLE, "--to: cannot connect", "connection refused")
     assert "pg-secret-pw" not in line
+
+
+async def test_health_without_a_running_bot_says_why_in_one_line(tmp_path):
+    env = base_env(tmp_path)
+    result = await run_bot_cli("health", env=env, cwd=tmp_path)
+    one_line(result, 1, f"{tmp_path / 'data' / 'heartbeat'} is missing", "is the bot running?")
