@@ -288,6 +288,16 @@ def _network_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def refused_token_message(token: str) -> str:
+    if token.strip().lower().startswith("bot "):
+        return 'DISCORD_TOKEN: Discord refused it; give the token alone, without "Bot " in front'
+    return (
+        "DISCORD_TOKEN: Discord refused this token (401 Unauthorized); copy the bot token "
+        "again from the developer portal (your application > Bot > Reset Token; not the "
+        "client secret or the public key)"
+    )
+
+
 async def verify_discord(settings: Settings, *, wait: bool) -> DiscordIdentity:
     """Log in over REST as the bot will, and check DEV_GUILD_ID if set.
 
@@ -318,10 +328,7 @@ async def verify_discord(settings: Settings, *, wait: bool) -> DiscordIdentity:
                 await _check_dev_guild(http, identity, settings.dev_guild_id)
             return identity
         except discord.LoginFailure:
-            raise ConfigError(
-                "DISCORD_TOKEN: Discord refused this token (401 Unauthorized); copy it again "
-                "from the developer portal (your application > Bot > Reset Token)"
-            ) from None
+            raise ConfigError(refused_token_message(token.get_secret_value())) from None
         except (OSError, aiohttp.ClientError, TimeoutError, discord.DiscordServerError) as exc:
             reason = _network_reason(exc)
             if not wait:
@@ -387,10 +394,8 @@ async def start_bot(settings: Settings, *, sync_only: bool = False) -> int:
     try:
         return await run_bot(settings, sync_only=sync_only)
     except discord.LoginFailure:
-        raise ConfigError(
-            "DISCORD_TOKEN: Discord refused this token (401 Unauthorized); copy it again "
-            "from the developer portal (your application > Bot > Reset Token)"
-        ) from None
+        secret = settings.discord_token.get_secret_value() if settings.discord_token else ""
+        raise ConfigError(refused_token_message(secret)) from None
     except discord.Forbidden as exc:
         if settings.dev_guild_id is not None and exc.code == 50001:
             raise ConfigError(

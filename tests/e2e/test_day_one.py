@@ -90,6 +90,12 @@ async def test_a_wrong_token_names_discord_token(tmp_path, discord_emu, command)
     assert discord_emu.identifies == 0
 
 
+async def test_a_token_pasted_with_its_bot_prefix_is_told_so(tmp_path, discord_emu):
+    env = discord_env(tmp_path, discord_emu, DISCORD_TOKEN=f"Bot {discord_emu.token}")
+    result = await run_bot_cli("run", env=env, cwd=tmp_path)
+    one_line(result, EXIT_CONFIG, "DISCORD_TOKEN", 'without "Bot " in front')
+
+
 async def test_check_online_verifies_the_token(tmp_path, discord_emu):
     env = discord_env(tmp_path, discord_emu)
     good = await run_bot_cli("check", "--online", env=env, cwd=tmp_path)
