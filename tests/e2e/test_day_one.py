@@ -131,6 +131,20 @@ async def test_dev_guild_the_bot_is_not_in_names_dev_guild_id(tmp_path, discord_
     assert any("DEV_GUILD_ID" in line for line in online.lines)
 
 
+async def test_dev_guild_joined_without_the_commands_scope_names_dev_guild_id(
+    tmp_path, discord_emu
+):
+    ids = populate(discord_emu)
+    # Invited with `bot` alone: a member of the server, but no commands there.
+    discord_emu.guilds_without_commands_scope.add(ids["guild_id"])
+    env = discord_env(tmp_path, discord_emu, DEV_GUILD_ID=str(ids["guild_id"]))
+    result = await run_bot_cli("run", env=env, cwd=tmp_path)
+    line = one_line(result, EXIT_CONFIG, "DEV_GUILD_ID", str(ids["guild_id"]))
+    assert "scope=bot+applications.commands" in line
+    assert f"guild_id={ids['guild_id']}" in line
+    assert discord_emu.identifies == 0
+
+
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):

@@ -1158,6 +1158,9 @@ class DiscordEmulator:
         self._interactions_by_token: dict[str, InteractionRecord] = {}
         self._global_commands: dict[int, JSON] = {}
         self._guild_commands: dict[int, dict[int, JSON]] = {}
+        # Servers the bot was invited to with the `bot` scope alone: it is a member, but
+        # every guild command route answers 403 Missing Access, as on Discord.
+        self.guilds_without_commands_scope: set[int] = set()
 
         self.requests: list[RecordedRequest] = []
         self.unknown_routes: list[str] = []
@@ -3128,7 +3131,7 @@ class DiscordEmulator:
         guild_id = ctx.params.get("guild_id")
         if guild_id is None:
             return self._global_commands
-        if int(guild_id) not in self.guilds:
+        if int(guild_id) not in self.guilds or int(guild_id) in self.guilds_without_commands_scope:
             raise DiscordAPIError(403, 50001, "Missing Access")
         return self._guild_commands.setdefault(int(guild_id), {})
 
