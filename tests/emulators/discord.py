@@ -2219,14 +2219,18 @@ class DiscordEmulator:
         If the bot showed that modal (a type 9 callback), the submission mirrors its
         layout and enforces required inputs; otherwise each value gets an action row.
         """
-        shown = next(
+        opened = next(
             (
-                rec.modal
+                rec
                 for rec in reversed(self.interactions.values())
                 if rec.modal is not None and rec.modal.get("custom_id") == custom_id
             ),
             None,
         )
+        if opened is not None and opened.user_id != int(user_id):
+            # Discord shows a modal to the member who opened it, and only they submit it.
+            raise LookupError(f"modal {custom_id!r} was opened by user {opened.user_id}")
+        shown = None if opened is None else opened.modal
         remaining = dict(values)
         components: list[JSON] = []
         if shown is not None:
