@@ -50,4 +50,7 @@ async def main(settings_json: str, log_file: str) -> None:
 
 
 if __name__ == "__main__":
+    from bot.malloc import limit_arenas
+
+    limit_arenas()  # as `imagebot run` does, before any thread starts
     run(main(sys.argv[1], sys.argv[2]))

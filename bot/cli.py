@@ -127,10 +127,12 @@ def _dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int
         print(f"removed {removed} command(s) registered to server {args.clear_guild}")
         return EXIT_OK
     prepare_data_dir(settings)
+    from bot.malloc import limit_arenas
     from bot.startup import start_bot, unknown_settings
 
     for line in unknown_settings(args.env_file, os.environ):
         logging.getLogger("bot.startup").warning("%s", line)
+    limit_arenas()  # before the bot starts any thread
     return asyncio.run(start_bot(settings, sync_only=command == "sync"))
 
 
