@@ -25,5 +25,7 @@ ALTER TABLE quota_entries ADD COLUMN owner_instance TEXT;
 -- credits stay held until it is settled, after the upload.
 ALTER TABLE quota_entries ADD COLUMN delivering INTEGER NOT NULL DEFAULT 0;
 
--- The adoption query: unfinished jobs by owner.
-CREATE INDEX jobs_by_owner ON jobs (owner_instance, status);
+-- Every process looks for adoptable jobs every LEASE_INTERVAL seconds: only the
+-- few unfinished jobs are indexed, so the look stays cheap however many jobs
+-- the table holds.
+CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status NOT IN ('delivered', 'failed');

@@ -157,7 +157,9 @@ async def test_jobs_survive_random_kills_and_new_containers(tmp_path: Path) -> N
                     rows = _db_rows(database, "SELECT idempotency_key FROM jobs")
                     return keys <= {str(row[0]) for row in rows}
 
-                # Each job is on record before the moment of the kill is chosen.
+                # Each job is on record before the moment of the kill is chosen: a
+                # SIGKILL in the milliseconds between the acknowledgement and the
+                # record leaves nothing to recover (there is no record to find).
                 await discord_emu.wait_for(admitted, timeout=30, what="jobs admitted")
                 # The kill comes after a random number of the round's provider
                 # calls (submits, polls, downloads), or once the round is over.

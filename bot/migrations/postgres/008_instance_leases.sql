@@ -16,4 +16,4 @@ ALTER TABLE jobs ADD COLUMN owner_instance TEXT;
 ALTER TABLE quota_entries ADD COLUMN owner_instance TEXT;
 ALTER TABLE quota_entries ADD COLUMN delivering INTEGER NOT NULL DEFAULT 0;
 
-CREATE INDEX jobs_by_owner ON jobs (owner_instance, status);
+CREATE INDEX jobs_unfinished ON jobs (created_at) WHERE status NOT IN ('delivered', 'failed');
