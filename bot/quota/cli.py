@@ -467,5 +467,8 @@ async def run_quota_command(args: argparse.Namespace, settings: Settings) -> int
         sys.stderr.write(f"quota {args.quota_command}: {exc}\n")
         return 2
     except BotError as exc:
-        sys.stderr.write(f"quota {args.quota_command}: {exc.user_message}\n")
+        from bot.cli_text import plain_text
+
+        # The ledger's messages are written for Discord (timestamps, bold).
+        sys.stderr.write(f"quota {args.quota_command}: {plain_text(exc.user_message)}\n")
         return 2
