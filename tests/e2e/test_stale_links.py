@@ -71,9 +71,13 @@ async def test_full_size_pick_after_the_original_and_the_link_are_gone(world: Wo
     job = job_id_of(result)
     record = await world.bot.jobs.get(job)
     assert record is not None
-    for image in record.images:  # retention removed the originals from disk
-        if image.path is not None:
-            os.remove(image.path)
+    paths = [image.path for image in record.images if image.path is not None]
+    assert paths
+    # The originals are written (then renamed into place) while the result uploads;
+    # once there, retention removes them.
+    await world.discord.wait_for(lambda: all(os.path.exists(p) for p in paths))
+    for path in paths:
+        os.remove(path)
     world.discord.advance_cdn_clock(LIFETIME + 1)
 
     pick = await world.discord.click(result, f"ib:up:{job}:1", user_id=world.member_id)
