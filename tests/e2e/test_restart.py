@@ -161,13 +161,13 @@ async def test_killed_while_polling_resumes_and_delivers_once(setup):
 
     await bot.start(discord_emu)
     await discord_emu.wait_for(lambda: results_in(discord_emu, ids["channel_id"]), timeout=60)
-    await asyncio.sleep(0.5)
+    # The settle follows the post and ends the job: a second post would be in by then.
+    balance = await settled_balance(env, ids["guild_id"])
     (posted,) = results_in(discord_emu, ids["channel_id"])
     assert posted.content.startswith(f"<@{ids['member_id']}>")
     assert posted.attachments
     assert len(providers.requests_to("fetch")) > polls_before  # it polled again
     assert len(providers.requests_to("text2img")) == 1  # and never submitted twice
-    balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (1, 0)
 
 
@@ -267,11 +267,11 @@ async def test_killed_while_uploading_posts_once_on_the_next_start(setup):
 
     await bot.start(discord_emu)
     await discord_emu.wait_for(lambda: results_in(discord_emu, ids["channel_id"]), timeout=60)
-    await asyncio.sleep(0.5)
-    assert len(results_in(discord_emu, ids["channel_id"])) == 1
-    assert len(providers.requests_to("text2img")) == 1
+    # The settle follows the post and ends the job: a second post would be in by then.
     balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (1, 0)
+    assert len(results_in(discord_emu, ids["channel_id"])) == 1
+    assert len(providers.requests_to("text2img")) == 1
 
 
 async def test_sigterm_during_a_synchronous_call_refunds_and_says_why(setup):
