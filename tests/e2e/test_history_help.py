@@ -107,6 +107,9 @@ async def test_help_is_built_from_the_configuration_and_credits(world: World):
     assert "**modelslab**: /imagine 1 credit; /edit 2 credits; /blend 3 credits" in providers
     assert "1k 3 credits, 2k 4 credits, 4k 8 credits" in providers
     assert "16:9" in fields["Shapes and sizes"]
+    assert "`--ar`" in fields["Parameters (at the end of a prompt)"]
+    assert "`--no`" in fields["Parameters (at the end of a prompt)"]
+    assert "`watercolor`" in fields["Styles (`style` option or --style)"]
     assert "You: **38** of 40 left" in fields["Your credits"]
     assert "Server pool: **98** of 100 left" in fields["Your credits"]
 
