@@ -1,6 +1,6 @@
-"""Per-guild and per-member data beside the job store: blocked words, a member's
-job history (and member preferences). Discord-free; either backend, through the
-job store's connection (``JobStore.database``)."""
+"""Per-guild and per-member data beside the job store: blocked words and a
+member's job history (their /settings live in bot/preferences.py). Discord-free;
+either backend, through the job store's connection (``JobStore.database``)."""
 
 from __future__ import annotations
 
