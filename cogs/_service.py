@@ -99,10 +99,19 @@ class GenerationService:
         ``bot.compose``); a re-roll passes False, its request being composed already."""
         if not self.bot.accepting:
             raise UserError(RESTARTING)
-        if not await self._prompt_allowed(interaction, request, parsed=compose):
-            return None
-        preferences = await self._preferences(interaction)
-        private = preferences.private and await self._private_allowed(interaction)
+        preferences: Preferences | None = None
+        private = False
+        try:
+            async with asyncio.timeout(EARLY_CHECKS_BUDGET):
+                if not await self._prompt_allowed(interaction, request, parsed=compose):
+                    return None
+                preferences = await self._preferences(interaction)
+                private = preferences.private and await self._private_allowed(interaction)
+        except TimeoutError:
+            # Checked again once acknowledged (a refusal is private either way);
+            # only a private answer cannot be chosen any more.
+            log.warning("member checks for interaction %s took too long", interaction.id)
+            preferences, private = None, False
         if not interaction.response.is_done():
             try:
                 await self._refuse_before_answering(interaction)
@@ -147,10 +156,14 @@ class GenerationService:
         *,
         style: str | None,
         compose: bool,
-        preferences: Preferences,
+        preferences: Preferences | None,
     ) -> JobOutcome | None:
         try:
             await self._check_channel(interaction)
+            if preferences is None:  # the early checks ran out of time
+                if not await self._prompt_allowed(interaction, request, parsed=compose):
+                    return None
+                preferences = await self._preferences(interaction)
             if compose:
                 request = await self.compose(
                     interaction, request, style=style, preferences=preferences
