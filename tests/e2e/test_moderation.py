@@ -126,3 +126,19 @@ async def test_blocked_words_apply_to_the_edit_menu_prompt_too(world: World):
     assert callback.data["flags"] & EPHEMERAL
     assert "can't be used" in callback.data["content"]
     assert (await member_balance(world)).used == 1  # the first image only
+
+
+async def test_blocked_words_are_still_refused_when_early_checks_run_out_of_time(
+    world: World, monkeypatch
+):
+    import cogs._service
+
+    await moderation(world, "blocklist add", world.moderator_id, opt("rule", "kraken"))
+    monkeypatch.setattr(cogs._service, "EARLY_CHECKS_BUDGET", 0)  # every early check late
+    refused = await imagine(world, "a Kraken at sea")
+    await refused.wait_for(lambda r: bool(r.followups), timeout=15)
+    told = refused.followups[-1]
+    assert told.ephemeral and "can't be used on this server" in told.content
+    assert not world.providers.requests
+    user = await member_balance(world)
+    assert (user.used, user.reserved) == (0, 0)
