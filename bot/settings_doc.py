@@ -33,6 +33,14 @@ REQUIRED_NOTE = {
 }
 
 
+# Said in config.example.env only, above the setting's line.
+ENV_NOTES = {
+    "data_dir": "In Docker leave this commented out: the image sets DATA_DIR=/data, its volume.",
+    "database_url": "With compose's postgres profile: "
+    "postgresql://imagebot:POSTGRES_PASSWORD@postgres:5432/imagebot",
+}
+
+
 def default_text(name: str) -> str:
     field = Settings.model_fields[name]
     if field.default_factory is not None:
@@ -65,6 +73,8 @@ def render_env() -> str:
             lines += ["", f"# ===== {SECTIONS[name]} ====="]
         note = f" ({REQUIRED_NOTE[name]})" if name in REQUIRED_NOTE else ""
         lines.append(f"# {field.description}{note}")
+        if name in ENV_NOTES:
+            lines.append(f"# {ENV_NOTES[name]}")
         hash_ = "" if name in REQUIRED_NOTE else "# "
         lines.append(f"{hash_}{name.upper()}={default_text(name)}")
     return "\n".join(lines) + "\n"
