@@ -92,11 +92,14 @@ class GenerationService:
         *,
         style: str | None = None,
         compose: bool = True,
+        restyle: bool = True,
     ) -> JobOutcome | None:
         """Acknowledge at once, then run the job; every failure reaches the member.
 
         ``compose`` reads the prompt's parameters and applies ``style`` (see
-        ``bot.compose``); a re-roll passes False, its request being composed already."""
+        ``bot.compose``); a re-roll passes False, its request being composed already.
+        ``restyle`` False keeps the member's default style off a prompt that comes
+        from an earlier result (already styled): the Vary and Edit buttons."""
         if not self.bot.accepting:
             raise UserError(RESTARTING)
         preferences: Preferences | None = None
@@ -143,7 +146,7 @@ class GenerationService:
                 delivery,
                 style=style,
                 compose=compose,
-                preferences=preferences,
+                preferences=preferences if restyle else replace(preferences, style=None),
             )
         )
 
@@ -452,7 +455,9 @@ class GenerationService:
             negative_prompt=record.request.negative_prompt if prompt is None else None,
             references=(reference,),
         )
-        await self.start(interaction, request)
+        # The prompt comes from the result, styled already: a plain variation is
+        # composed already (like a re-roll); a typed one is read for parameters.
+        await self.start(interaction, request, compose=prompt is not None, restyle=False)
 
     async def upscale_pick(
         self, interaction: discord.Interaction[ImageBot], job_id: str, n: int

@@ -313,3 +313,37 @@ async def test_the_edit_image_menu_reads_parameters_in_its_prompt(world: World):
     answer = await refusal(submitted)
     assert answer.startswith("❌ size 4k is not available for edit on ModelsLab")
     assert len(world.providers.requests_to("img2img")) == 1
+
+
+async def test_variations_of_a_result_do_not_restyle_it_with_the_members_default(world: World):
+    from bot.preferences import Preferences, PreferenceStore
+
+    await PreferenceStore(world.bot.jobs.database).save(
+        str(world.guild_id), str(world.member_id), Preferences(style="anime")
+    )
+    result = await success(await slash_imagine(world, "a red fox --no snow"))
+    styled = world.providers.requests_to("text2img")[-1].json
+    assert styled["prompt"].startswith("anime illustration of a red fox")
+    job = job_id_of(result)
+    # V1: the same prompt on the picked image, styled once.
+    await success(await world.discord.click(result, f"ib:var:{job}:1", user_id=world.member_id))
+    varied = world.providers.requests_to("img2img")[-1].json
+    assert varied["prompt"] == styled["prompt"]
+    assert varied["negative_prompt"] == styled["negative_prompt"]
+    # Edit: the modal starts from the styled prompt; what the member types is
+    # read for parameters, and the default style is not wrapped around it again.
+    opened = await world.discord.click(result, f"ib:edit:{job}:0", user_id=world.member_id)
+    callback = await opened.wait_for_callback()
+    edited = await world.discord.submit_modal(
+        callback.data["custom_id"],
+        {"prompt": styled["prompt"] + ", in the rain --ar 16:9"},
+        guild_id=world.guild_id,
+        channel_id=world.channel_id,
+        user_id=world.member_id,
+        message=result,
+    )
+    await success(edited)
+    body = world.providers.requests_to("img2img")[-1].json
+    assert body["prompt"] == styled["prompt"] + ", in the rain"
+    assert body["prompt"].count("anime illustration of") == 1
+    assert (body["width"], body["height"]) == (2048, 1152)
