@@ -146,7 +146,8 @@ class GenerationService:
                 delivery,
                 style=style,
                 compose=compose,
-                preferences=preferences if restyle else replace(preferences, style=None),
+                preferences=preferences,
+                restyle=restyle,
             )
         )
 
@@ -160,6 +161,7 @@ class GenerationService:
         style: str | None,
         compose: bool,
         preferences: Preferences | None,
+        restyle: bool = True,
     ) -> JobOutcome | None:
         try:
             await self._check_channel(interaction)
@@ -167,6 +169,8 @@ class GenerationService:
                 if not await self._prompt_allowed(interaction, request, parsed=compose):
                     return None
                 preferences = await self._preferences(interaction)
+            if not restyle:
+                preferences = replace(preferences, style=None)
             if compose:
                 request = await self.compose(
                     interaction, request, style=style, preferences=preferences
