@@ -520,8 +520,11 @@ class GenerationService:
             text = "Cancelled: the job stops now and its credits are refunded."
         elif record.status in ("posted", "delivered", "failed"):
             text = "This job has already ended."
-        else:
+        elif record.status in ("downloading", "delivering"):
             text = "Too late to cancel: the images are already on their way."
+        else:
+            # Another process of the bot runs it (shards, or one that adopted it).
+            text = "This job is run by another instance of the bot; it can't be cancelled here."
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     async def info(self, interaction: discord.Interaction[ImageBot], job_id: str) -> None:
