@@ -166,6 +166,19 @@ def verify_png(data: bytes, *, corrupt: str) -> None:
         raise ImageError(corrupt) from exc
 
 
+def verify_gif(data: bytes, *, corrupt: str) -> None:
+    """The first frame decodes under Pillow too. libvips's GIF loader (libnsgif)
+    accepts damaged LZW data and flipped header bytes that stricter decoders
+    refuse, and a provider given the member's link reads the original GIF with a
+    decoder we cannot see: forward only what both readers agree on. GIFs are
+    small and capped by ``max_pixels`` before this runs."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["GIF"]) as im:
+            im.load()
+    except Exception as exc:  # decoders fail with OSError, SyntaxError, ValueError, ...
+        raise ImageError(corrupt) from exc
+
+
 def _orientation(im: pyvips.Image) -> int:
     try:
         value = im.get("orientation") if im.get_typeof("orientation") else 1

@@ -26,6 +26,7 @@ from bot.images.codec import (
     _oriented,
     _shrink_to_fit,
     _to_rgb,
+    verify_gif,
     verify_png,
 )
 from bot.images.formats import (
@@ -52,6 +53,8 @@ def _load_reference(
     if mime == "image/gif" or (mime != "image/jpeg" and _is_animated(im, data, mime)):
         # Providers take stills: keep the first frame, losslessly.
         frame = _to_rgb(_oriented(_decoded(im, corrupt=CORRUPT)))
+        if mime == "image/gif":
+            verify_gif(data, corrupt=CORRUPT)
         png = _encode(frame, "PNG", {})
         return ReferenceImage(
             data=png,

@@ -238,3 +238,15 @@ async def test_truncated_rows_are_not_filled_in(processor: ImageProcessor) -> No
         with pytest.raises(ImageError) as info:
             await processor.decode_result(data[: len(data) * 3 // 4])
         assert info.value.user_message == RESULT_UNREADABLE, fmt
+
+
+async def test_a_gif_only_libvips_can_read_is_refused(processor: ImageProcessor) -> None:
+    """libvips's GIF reader shrugs off damage stricter decoders refuse, and providers
+    read the member's original GIF from its link: both readers must agree."""
+    data = bytearray(encode(Image.linear_gradient("L").resize((20, 33)).convert("RGB"), "GIF"))
+    data[210] ^= 0x01
+    damaged = bytes(data)
+    pyvips.Image.gifload_buffer(damaged, fail_on="error").copy_memory()  # libvips alone: fine
+    with pytest.raises(ImageError) as info:
+        await processor.load_reference(damaged, filename="damaged.gif")
+    assert info.value.user_message == CORRUPT
