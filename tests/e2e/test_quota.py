@@ -23,7 +23,14 @@ from tests.emulators.providers import Processing
 CHANNEL_MESSAGE = 4
 
 
-async def quota(world: World, subcommand: str, user_id: int, *options: dict[str, Any], **where):
+async def quota(
+    world: World,
+    subcommand: str,
+    user_id: int,
+    *options: dict[str, Any],
+    within: float = 15,
+    **where,
+):
     interaction = await world.discord.slash(
         "quota",
         subcommand=subcommand,
@@ -38,7 +45,7 @@ async def quota(world: World, subcommand: str, user_id: int, *options: dict[str,
             or bool(r.original and not r.original.loading)
             or bool(r.followups)
         ),
-        timeout=15,
+        timeout=within,
     )
     return interaction
 
@@ -172,8 +179,9 @@ async def test_usage_report_has_chart_and_csv(world: World):
         options=[opt("prompt", "Émile's picture")],
     )
     assert (await final(by_emile)).embeds
-    interaction = await quota(world, "usage", world.moderator_id)
-    await interaction.wait_for(lambda r: bool(r.original and r.original.attachments), timeout=15)
+    # Generous guards: the first chart loads matplotlib, slow on a busy machine.
+    interaction = await quota(world, "usage", world.moderator_id, within=60)
+    await interaction.wait_for(lambda r: bool(r.original and r.original.attachments), timeout=60)
     names = sorted(a.filename for a in interaction.original.attachments)
     assert names == ["usage.csv", "usage.png"]
     csv_text = next(a for a in interaction.original.attachments if a.filename == "usage.csv")
@@ -184,8 +192,10 @@ async def test_usage_report_has_chart_and_csv(world: World):
     assert chart.description == "Credits by member, this day: ada 2, Émile Zola 1"
     assert Image.open(io.BytesIO(chart.data)).width == 1100
 
-    by_day = await quota(world, "usage", world.moderator_id, opt("by", "day"), opt("days", 7, 4))
-    await by_day.wait_for(lambda r: bool(r.original and r.original.attachments), timeout=15)
+    by_day = await quota(
+        world, "usage", world.moderator_id, opt("by", "day"), opt("days", 7, 4), within=60
+    )
+    await by_day.wait_for(lambda r: bool(r.original and r.original.attachments), timeout=60)
     chart = next(a for a in by_day.original.attachments if a.filename == "usage.png")
     today = datetime.now(UTC).date().isoformat()
     assert chart.description == f"Credits by day, last 7 days: {today} 3"
