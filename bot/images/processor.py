@@ -1,10 +1,10 @@
 """The thread pool every image operation runs on, and its async interface.
 
-Every Pillow call runs on the thread pool owned by ``ImageProcessor``: decoding a
-4k PNG takes tens of milliseconds, which would stall the gateway heartbeat if it
-ran on the event loop. Memory stays bounded because every decode is preceded by
-a pixel-count check on the header, and the pool runs at most ``workers`` decodes
-at once.
+Every libvips (and Pillow) call runs on the thread pool owned by ``ImageProcessor``:
+decoding a 4k PNG takes tens of milliseconds, which would stall the gateway
+heartbeat if it ran on the event loop. Memory stays bounded because every decode
+is preceded by a pixel-count check on the header, and the pool runs at most
+``workers`` decodes at once (libvips itself uses one thread per operation).
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ class ImageProcessor:
         self.max_input_bytes = max_input_bytes
         self.max_input_pixels = max_input_pixels
         self.max_result_pixels = max_result_pixels
-        # Our caps are the authority. Pillow's global guard stays as a backstop above
-        # them; raise it only if an operator allows more than it does, or it would
-        # refuse images our settings accept.
+        # Our caps are the authority. Pillow (header checks only, see codec) keeps
+        # its global guard as a backstop above them; raise it only if an operator
+        # allows more than it does, or it would refuse images our settings accept.
         current = Image.MAX_IMAGE_PIXELS
         wanted = max(max_input_pixels, max_result_pixels)
         if current is not None and current < wanted:
