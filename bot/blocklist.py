@@ -33,8 +33,13 @@ _STARS = re.compile(r"\*+")
 
 
 def fold(text: str) -> str:
-    """Lower-case, accent-free, compatibility-normalised text ("Ｃａｆé" -> "cafe")."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    """Lower-case, accent-free, compatibility-normalised text ("Ｃａｆé" -> "cafe").
+    Unicode's compatibility caseless match: compatibility forms can decompose into
+    capitals ("₨" -> "Rs"), so case is folded again after decomposing."""
+    nfd = unicodedata.normalize("NFD", text)
+    decomposed = unicodedata.normalize(
+        "NFKD", unicodedata.normalize("NFKD", nfd.casefold()).casefold()
+    )
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 

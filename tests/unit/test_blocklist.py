@@ -117,3 +117,14 @@ def test_adversarial_rules_finish_on_long_words() -> None:
 
 def test_stored_rules_that_no_longer_parse_are_skipped() -> None:
     assert Blocklist.from_texts(["", "gore"]).rules == (parse_rule("gore"),)
+
+
+def test_compatibility_forms_fold_to_lower_case() -> None:
+    # "₨" decomposes into a capital: folding case only before decomposing left "Rs".
+    assert fold("₨") == "rs"
+    assert parse_rule(parse_rule("₨").text) == parse_rule("₨")
+
+
+@given(st.text())
+def test_folding_is_idempotent(text: str) -> None:
+    assert fold(fold(text)) == fold(text)
