@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import importlib.util
 import logging
 import pkgutil
 import signal
@@ -20,7 +21,6 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-import cogs
 from bot.config import Settings
 from bot.errors import BotError, UserError
 from bot.jobstore import JobStore
@@ -299,9 +299,17 @@ def _touch(path: Path) -> None:
     path.touch()
 
 
-def discover_cogs() -> Iterator[str]:
-    """Every module under cogs/, skipping private ones (``_name``) that are helpers."""
-    for module in pkgutil.iter_modules(cogs.__path__, prefix=f"{cogs.__name__}."):
+# Extensions are found and loaded by name, as discord.py loads them: the
+# application never imports the Discord layer, which depends on it.
+EXTENSIONS_PACKAGE = "cogs"
+
+
+def discover_cogs(package: str = EXTENSIONS_PACKAGE) -> Iterator[str]:
+    """Every module under the package, skipping private ones (``_name``) that are helpers."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.submodule_search_locations is None:
+        raise RuntimeError(f"the {package!r} package of extensions is not installed")
+    for module in pkgutil.iter_modules(spec.submodule_search_locations, prefix=f"{package}."):
         if module.name.rsplit(".", 1)[-1].startswith("_"):
             continue
         imported = importlib.import_module(module.name)
