@@ -6,10 +6,12 @@ parallel. Loads are sequential (rows stream through, nothing is re-read), each
 operation runs on one libvips thread, and nothing is cached between calls: the
 pool's size is the only bound on how many images are in flight.
 
-Pillow is kept for the two things libvips has no equal for, both header-level
-(no pixels decoded): telling an animated PNG (APNG) from a still one, which
-libvips's PNG loader ignores, and checking a PNG's chunk CRCs without inflating
-its pixels (``verify_png``).
+Pillow is kept for the three things libvips has no equal for. Two are
+header-level (no pixels decoded): telling an animated PNG (APNG) from a still
+one, which libvips's PNG loader ignores, and checking a PNG's chunk CRCs without
+inflating its pixels (``verify_png``). The third is a strict reader for GIF
+references (``verify_gif``): libvips's GIF loader accepts damage that other
+decoders, such as the provider's reading the member's original link, refuse.
 """
 
 from __future__ import annotations
