@@ -92,6 +92,7 @@ def request_to_dict(request: GenerationRequest) -> dict[str, Any]:
             "roles": list(request.requester.roles),
             "channel_id": request.requester.channel_id,
         },
+        "private": request.private,
     }
 
 
@@ -128,6 +129,7 @@ def request_from_json(text: str) -> GenerationRequest:
         safety_checker=data.get("safety_checker"),
         options=data.get("options") or {},
         style=data.get("style"),
+        private=bool(data.get("private", False)),
         requester=Requester(
             guild_id=str(requester.get("guild_id", "local")),
             user_id=str(requester.get("user_id", "local")),

@@ -73,6 +73,9 @@ class GenerationRequest:
     requester: Requester = field(default_factory=Requester)
     # Interaction id on Discord, a fresh uuid on the CLI: the same key never pays twice.
     idempotency_key: str = ""
+    # Results for the requester alone; journaled with the job so that a job resumed
+    # without its interaction token still never posts them publicly.
+    private: bool = False
 
 
 class Stage(enum.StrEnum):

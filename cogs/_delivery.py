@@ -2,7 +2,9 @@
 
 The interaction token lives 15 minutes; a job that ends after
 ``INTERACTION_WINDOW`` seconds posts in the channel instead, and only then mentions the
-requester (they would otherwise never learn the images arrived).
+requester (they would otherwise never learn the images arrived). A private job never
+falls back to the channel: it goes to the member by direct message, and if their DMs
+are closed it fails (refunded) with a notice that shows neither prompt nor image.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ TITLES = {Mode.TEXT: "Imagine", Mode.EDIT: "Edit", Mode.BLEND: "Blend"}
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's lowest tier, when the guild is unknown
 UPLOAD_ATTEMPTS = 3
 CANCELLABLE = (Stage.QUEUED, Stage.SUBMITTING, Stage.PROCESSING)
+PRIVATE_READY = "Your private images are ready."
 SPOILER = "SPOILER_"  # Discord blurs attachments named so until clicked
 NSFW_REFUSAL = (
     "The image service flagged this result as not safe for work, so it is not posted "
@@ -48,6 +51,12 @@ NSFW_REFUSAL = (
 # Message) and delays the result by its round trip, and nobody gets to read it.
 BRIEF_STAGES = (Stage.DOWNLOADING, Stage.DELIVERING)
 BRIEF_GRACE = 1.0
+CANNOT_MESSAGE_USER = 50007  # Discord's code for a member whose DMs are closed to the bot
+DMS_CLOSED = (
+    "Your private images could not be delivered because your direct messages are "
+    "closed, so nothing was charged. Allow direct messages from this server's members, "
+    "or turn private results off in /settings, and try again."
+)
 
 
 def _too_large(exc: discord.HTTPException) -> bool:
@@ -141,6 +150,7 @@ class DiscordDelivery:
         self._dead_token = False
         self._brief: asyncio.Task[None] | None = None  # a brief stage's line, waiting
         self._brief_sending = False
+        self._dm: discord.DMChannel | None = None
 
     def _token_died(self, exc: discord.HTTPException) -> bool:
         """Invalid Webhook Token (50027) or Unknown Webhook (10015): the token is
@@ -270,7 +280,7 @@ class DiscordDelivery:
         )
         self.messages.append(await self._send_first(job, embed, plan[0], view))
         for extra in plan[1:]:
-            self.messages.append(await self._send_more(extra))
+            self.messages.append(await self._send_more(job, extra))
 
     def _can_vary(self) -> bool:
         return any(p.capabilities.supports(Mode.EDIT) for p in self.bot.runtime.providers.values())
@@ -290,6 +300,12 @@ class DiscordDelivery:
             except discord.HTTPException as exc:
                 if not self._token_died(exc):
                     raise
+        if self.private:
+            message = await self._send_dm(
+                job, content=PRIVATE_READY, embed=embed, files=to_files(uploads), view=view
+            )
+            await self._drop_placeholder()
+            return message
         channel = self._channel()
         requester = discord.Object(id=int(job.request.requester.user_id))
         message = await channel.send(
@@ -304,7 +320,20 @@ class DiscordDelivery:
         await self._drop_placeholder()
         return message
 
-    async def _send_more(self, uploads: Sequence[UploadFile]) -> discord.Message:
+    async def _send_dm(self, job: Job, **message: Any) -> discord.Message:
+        """A private result whose token is gone goes to the member alone."""
+        try:
+            if self._dm is None:
+                requester = discord.Object(id=int(job.request.requester.user_id))
+                self._dm = await self.bot.create_dm(requester)
+            return await self._dm.send(allowed_mentions=NO_MENTIONS, **message)
+        except discord.Forbidden as exc:
+            if exc.code != CANNOT_MESSAGE_USER:
+                raise
+            log.info("job %s: the requester's DMs are closed", job.id)
+            raise DeliveryError(DMS_CLOSED) from exc
+
+    async def _send_more(self, job: Job, uploads: Sequence[UploadFile]) -> discord.Message:
         if self.interaction is not None and not self._expiring():
             try:
                 return await self.interaction.followup.send(
@@ -316,6 +345,8 @@ class DiscordDelivery:
             except discord.HTTPException as exc:
                 if not self._token_died(exc):
                     raise
+        if self.private:
+            return await self._send_dm(job, files=to_files(uploads))
         return await self._channel().send(files=to_files(uploads), allowed_mentions=NO_MENTIONS)
 
     def _channel(self) -> discord.abc.Messageable:

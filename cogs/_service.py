@@ -133,6 +133,7 @@ class GenerationService:
             request,
             requester=requester_of(interaction),
             idempotency_key=str(interaction.id),
+            private=private,
             # The provider's safety checker stays on outside age-restricted channels.
             safety_checker=None if is_age_restricted(interaction) else True,
         )

@@ -26,15 +26,22 @@ class DiscordRecoveryFront:
 
     def delivery_for(self, record: JobRecord) -> Delivery:
         channel_id = int(record.channel_id) if record.channel_id else None
-        return DiscordDelivery(self.bot, None, channel_id=channel_id)
+        return DiscordDelivery(
+            self.bot, None, channel_id=channel_id, private=record.request.private
+        )
 
     async def already_posted(self, record: JobRecord) -> bool:
         """Whether the result message went out before the process ended (its
         footer says "Job <id>")."""
-        if record.channel_id is None:
-            return False
-        channel = self.bot.get_partial_messageable(int(record.channel_id))
+        channel: discord.abc.Messageable
         try:
+            if record.request.private:
+                # An ephemeral answer cannot be read back; one sent by DM can.
+                channel = await self.bot.create_dm(discord.Object(id=int(record.user_id)))
+            elif record.channel_id is None:
+                return False
+            else:
+                channel = self.bot.get_partial_messageable(int(record.channel_id))
             async for message in channel.history(limit=HISTORY_LIMIT):
                 if any((embed.footer.text or "") == f"Job {record.id}" for embed in message.embeds):
                     return True

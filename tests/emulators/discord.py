@@ -144,6 +144,9 @@ _VALID_CALLBACKS: Mapping[int, frozenset[int]] = {
 }
 
 MAX_FILES_PER_MESSAGE = 10
+CHANNEL_DM = 1
+CANNOT_MESSAGE_USER = 50007
+DM_UPLOAD_LIMIT = 10 * 1024 * 1024  # a DM has no guild boost: the base limit
 MAX_CONTENT_LENGTH = 2000
 MAX_EMBEDS = 10
 MAX_EMBED_TOTAL_CHARS = 6000
@@ -629,8 +632,19 @@ class Channel:
     position: int = 0
     topic: str | None = None
     last_message_id: int | None = None
+    recipient: User | None = None  # a DM channel's other end (type 1, guild_id 0)
 
     def to_payload(self, *, include_guild: bool = True) -> JSON:
+        if self.recipient is not None:
+            return {
+                "id": str(self.id),
+                "type": CHANNEL_DM,
+                "last_message_id": (
+                    None if self.last_message_id is None else str(self.last_message_id)
+                ),
+                "flags": 0,
+                "recipients": [self.recipient.to_payload()],
+            }
         payload: JSON = {
             "id": str(self.id),
             "type": self.type,
@@ -1152,6 +1166,9 @@ class DiscordEmulator:
 
         self.guilds: dict[int, Guild] = {}
         self._channels: dict[int, Channel] = {}
+        self.dm_channels: dict[int, Channel] = {}  # by recipient id
+        # Members who closed their DMs to the bot: messages to them answer 403 50007.
+        self.dms_closed: set[int] = set()
         self.messages: dict[int, MessageRecord] = {}
         self.attachments: dict[int, AttachmentRecord] = {}
         self.interactions: dict[int, InteractionRecord] = {}
@@ -2471,6 +2488,7 @@ class DiscordEmulator:
                 self._delete_followup,
                 False,
             ),
+            ("POST", "/users/@me/channels", self._create_dm, True),
             ("GET", "/channels/{channel_id}", self._get_channel, True),
             ("GET", "/channels/{channel_id}/messages", self._list_messages, True),
             ("POST", "/channels/{channel_id}/messages", self._post_message, True),
@@ -3003,7 +3021,7 @@ class DiscordEmulator:
         message = MessageRecord(
             self._snowflake(),
             channel.id,
-            channel.guild_id,
+            channel.guild_id or None,  # 0: a DM channel
             author,
             flags=flags,
             type=message_type,
@@ -3497,10 +3515,34 @@ class DiscordEmulator:
             visible = [m for m in visible if m.id > int(ctx.query["after"])]
         return self._json([m.to_payload() for m in visible[:limit]])
 
+    def dm_messages(self, user_id: int) -> list[MessageRecord]:
+        """What the bot sent the user by direct message."""
+        channel = self.dm_channels.get(int(user_id))
+        return [] if channel is None else self.channel_messages(channel.id)
+
+    async def _create_dm(self, ctx: _Context) -> web.StreamResponse:
+        # Opening a DM channel always works; Discord refuses only the message itself.
+        body = ctx.body if isinstance(ctx.body, dict) else {}
+        user = self._users.get(int(body.get("recipient_id") or 0))
+        if user is None:
+            raise DiscordAPIError(400, 50033, "Invalid Recipient(s)")
+        channel = self.dm_channels.get(user.id)
+        if channel is None:
+            channel = Channel(self._snowflake(), 0, "", type=CHANNEL_DM, recipient=user)
+            self.dm_channels[user.id] = channel
+            self._channels[channel.id] = channel
+        return self._json(channel.to_payload())
+
+    def _upload_limit(self, channel: Channel) -> int:
+        guild = self.guilds.get(channel.guild_id)
+        return guild.filesize_limit if guild is not None else DM_UPLOAD_LIMIT
+
     async def _post_message(self, ctx: _Context) -> web.StreamResponse:
         channel = self._rest_channel(ctx)
         body = ctx.body if isinstance(ctx.body, dict) else {}
-        self._check_uploads(ctx.files, self.guilds[channel.guild_id].filesize_limit)
+        if channel.recipient is not None and channel.recipient.id in self.dms_closed:
+            raise DiscordAPIError(403, CANNOT_MESSAGE_USER, "Cannot send messages to this user")
+        self._check_uploads(ctx.files, self._upload_limit(channel))
         message = self._new_message(channel, author=self.bot_user)
         self._apply_message_payload(message, body, ctx.files, creating=True)
         self._store_message(message)
