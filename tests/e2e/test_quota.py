@@ -17,7 +17,7 @@ from tests.e2e.conftest import (
     populate,
     running_bot,
 )
-from tests.e2e.test_generation import final, imagine, job_id_of, opt
+from tests.e2e.test_generation import final, imagine, job_id_of, opt, settled_balance
 from tests.emulators.providers import Processing
 
 CHANNEL_MESSAGE = 4
@@ -180,6 +180,8 @@ async def test_usage_report_has_chart_and_csv(world: World):
         options=[opt("prompt", "Émile's picture")],
     )
     assert (await final(by_emile)).embeds
+    # A result is posted before its credits are settled; the report counts settled ones.
+    await settled_balance(world)
     # Generous guards: the first chart loads matplotlib, slow on a busy machine.
     interaction = await quota(world, "usage", world.moderator_id, within=60)
     await interaction.wait_for(lambda r: bool(r.original and r.original.attachments), timeout=60)
