@@ -3557,7 +3557,7 @@ class DiscordEmulator:
         if message.author_id != self.bot_user_id:
             raise DiscordAPIError(403, 50005, "Cannot edit a message authored by another user")
         body = ctx.body if isinstance(ctx.body, dict) else {}
-        self._check_uploads(ctx.files, self.guilds[channel.guild_id].filesize_limit)
+        self._check_uploads(ctx.files, self._upload_limit(channel))
         self._apply_message_payload(message, body, ctx.files, creating=False)
         await self._dispatch_message_event("MESSAGE_UPDATE", message)
         return self._json(message.to_payload())
