@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.e2e.conftest import World, make_settings, populate, running_bot
-from tests.e2e.test_generation import final, opt, settled_balance
+from tests.e2e.test_generation import final, opt, settled_balance, submit_menu_prompt
 from tests.emulators.providers import make_png
 
 MIB = 1024 * 1024
@@ -556,21 +556,7 @@ async def test_more_references_than_modelslab_takes(world: World):
     target = world.discord.add_message(
         world.channel_id, author_id=world.member_id, attachments=images
     )
-    menu = await world.discord.message_command(
-        "Blend images",
-        guild_id=world.guild_id,
-        channel_id=world.channel_id,
-        user_id=world.member_id,
-        message=target,
-    )
-    callback = await menu.wait_for_callback()
-    submitted = await world.discord.submit_modal(
-        callback.data["custom_id"],
-        {"prompt": "all of them"},
-        guild_id=world.guild_id,
-        channel_id=world.channel_id,
-        user_id=world.member_id,
-    )
+    submitted = await submit_menu_prompt(world, "Blend images", target, "all of them")
     answer = await refusal(submitted)
     assert answer == "❌ blend takes 2 to 4 reference images (got 10)."
     await nothing_spent(world)

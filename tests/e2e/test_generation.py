@@ -53,6 +53,23 @@ async def settled_balance(world: World):
     raise AssertionError(f"credits still reserved: {balance}")
 
 
+async def submit_menu_prompt(world: World, menu: str, target, prompt: str):
+    """A member opens a message menu ("Edit image", "Blend images") on ``target``
+    and submits its prompt form; the submission's interaction."""
+    guild_id, channel_id, user_id = world.guild_id, world.channel_id, world.member_id
+    opened = await world.discord.message_command(
+        menu, guild_id=guild_id, channel_id=channel_id, user_id=user_id, message=target
+    )
+    callback = await opened.wait_for_callback()
+    return await world.discord.submit_modal(
+        callback.data["custom_id"],
+        {"prompt": prompt},
+        guild_id=guild_id,
+        channel_id=channel_id,
+        user_id=user_id,
+    )
+
+
 def opt(name: str, value: object, kind: int = 3) -> dict[str, object]:
     return {"name": name, "type": kind, "value": value}
 

@@ -16,7 +16,13 @@ from tests.e2e.test_bad_input import (
     slash_imagine,
     success,
 )
-from tests.e2e.test_generation import decoded_sizes, job_id_of, opt, settled_balance
+from tests.e2e.test_generation import (
+    decoded_sizes,
+    job_id_of,
+    opt,
+    settled_balance,
+    submit_menu_prompt,
+)
 from tests.emulators.providers import NBError, Processing, make_png
 
 INTEGER, BOOLEAN, NUMBER = 4, 5, 10
@@ -274,20 +280,11 @@ async def test_the_edit_image_menu_reads_parameters_in_its_prompt(world: World):
     target = world.discord.add_message(
         world.channel_id, author_id=world.member_id, attachments=[attachment]
     )
-    menu = await world.discord.message_command(
+    submitted = await submit_menu_prompt(
+        world,
         "Edit image",
-        guild_id=world.guild_id,
-        channel_id=world.channel_id,
-        user_id=world.member_id,
-        message=target,
-    )
-    callback = await menu.wait_for_callback()
-    submitted = await world.discord.submit_modal(
-        callback.data["custom_id"],
-        {"prompt": "give it a hat --style watercolor --size 2k --ar 9:16 --no scarf"},
-        guild_id=world.guild_id,
-        channel_id=world.channel_id,
-        user_id=world.member_id,
+        target,
+        "give it a hat --style watercolor --size 2k --ar 9:16 --no scarf",
     )
     await success(submitted)
     body = world.providers.requests_to("img2img")[-1].json
@@ -295,21 +292,7 @@ async def test_the_edit_image_menu_reads_parameters_in_its_prompt(world: World):
     assert body["negative_prompt"] == "scarf, photo, sharp edges, 3d render"
     assert (body["width"], body["height"]) == (1152, 2048)
     # A bad parameter in a modal is refused like anywhere else, for free.
-    menu = await world.discord.message_command(
-        "Edit image",
-        guild_id=world.guild_id,
-        channel_id=world.channel_id,
-        user_id=world.member_id,
-        message=target,
-    )
-    callback = await menu.wait_for_callback()
-    submitted = await world.discord.submit_modal(
-        callback.data["custom_id"],
-        {"prompt": "give it a hat --size 4k"},
-        guild_id=world.guild_id,
-        channel_id=world.channel_id,
-        user_id=world.member_id,
-    )
+    submitted = await submit_menu_prompt(world, "Edit image", target, "give it a hat --size 4k")
     answer = await refusal(submitted)
     assert answer.startswith("❌ size 4k is not available for edit on ModelsLab")
     assert len(world.providers.requests_to("img2img")) == 1
