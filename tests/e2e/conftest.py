@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,30 @@ async def running_bot(settings: Settings, discord_emu: DiscordEmulator) -> Async
     finally:
         discord.http.Route.BASE = saved_base
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved_gateway
+
+
+def process_env(
+    discord_emu: DiscordEmulator,
+    providers: ProviderEmulator,
+    home: Path,
+    data_dir: Path,
+    **settings: str,
+) -> dict[str, str]:
+    """The environment of a bot started as its own process (``python -m bot``)
+    against the emulators, as an operator's container would get it: nothing
+    inherited but PATH, then ``settings`` (setting name: value)."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "DISCORD_TOKEN": discord_emu.token,
+        "DISCORD_API_BASE_URL": discord_emu.api_base,
+        "DISCORD_GATEWAY_URL": discord_emu.gateway_url,
+        "MODELSLAB_API_KEY": "ml-test-key",
+        "MODELSLAB_BASE_URL": providers.modelslab_base_url,
+        "DATA_DIR": str(data_dir),
+        "DOWNLOAD_ALLOW_LOOPBACK": "true",
+        **settings,
+    }
 
 
 @pytest.fixture

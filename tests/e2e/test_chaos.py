@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import MEMBER_PERMISSIONS
+from tests.e2e.conftest import MEMBER_PERMISSIONS, process_env
 from tests.e2e.test_generation import answer_of, is_final, opt
 from tests.e2e.test_restart import BotProcess
 from tests.emulators.discord import DiscordEmulator
@@ -97,29 +97,24 @@ async def test_jobs_survive_random_kills_and_new_containers(tmp_path: Path) -> N
         ]
         data = tmp_path / "data"
         database = data / "bot.db"
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(tmp_path),
-            "DISCORD_TOKEN": discord_emu.token,
-            "DISCORD_API_BASE_URL": discord_emu.api_base,
-            "DISCORD_GATEWAY_URL": discord_emu.gateway_url,
-            "DEV_GUILD_ID": str(guild.id),
-            "MODELSLAB_API_KEY": "ml-test-key",
-            "MODELSLAB_BASE_URL": providers.modelslab_base_url,
-            "NANOBANANA_API_KEY": "sk-test-key",
-            "NANOBANANA_BASE_URL": providers.nanobanana_base_url,
-            "DATA_DIR": str(data),
-            "DOWNLOAD_ALLOW_LOOPBACK": "true",
-            "POLL_INITIAL": "0.05",
-            "POLL_MAX": "0.2",
-            "RETRY_BACKOFF_MAX": "0.05",
-            "DEFAULT_POOL_CREDITS": "10000",
-            "DEFAULT_USER_ALLOWANCE": "unlimited",
-            "MODELSLAB_MAX_QUEUED": "2",  # some jobs wait for a provider slot
-            "SHUTDOWN_GRACE": "1",
-            "LEASE_TIMEOUT": "2",
-            "LEASE_INTERVAL": "0.5",
-        }
+        env = process_env(
+            discord_emu,
+            providers,
+            tmp_path,
+            data,
+            DEV_GUILD_ID=str(guild.id),
+            NANOBANANA_API_KEY="sk-test-key",
+            NANOBANANA_BASE_URL=providers.nanobanana_base_url,
+            POLL_INITIAL="0.05",
+            POLL_MAX="0.2",
+            RETRY_BACKOFF_MAX="0.05",
+            DEFAULT_POOL_CREDITS="10000",
+            DEFAULT_USER_ALLOWANCE="unlimited",
+            MODELSLAB_MAX_QUEUED="2",  # some jobs wait for a provider slot
+            SHUTDOWN_GRACE="1",
+            LEASE_TIMEOUT="2",
+            LEASE_INTERVAL="0.5",
+        )
         bot = ContainerProcess(env, tmp_path, tmp_path / "bot.log")
         interactions: list[tuple[int, str, Any]] = []  # (member, prompt, record)
         stops: list[str] = []

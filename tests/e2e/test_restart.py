@@ -17,7 +17,7 @@ import pytest
 
 from bot.config import Settings
 from bot.quota import open_ledger
-from tests.e2e.conftest import populate
+from tests.e2e.conftest import populate, process_env
 from tests.e2e.test_generation import final, opt
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.providers import Hang, Processing, ProviderEmulator, make_png
@@ -71,28 +71,23 @@ async def setup(tmp_path):
     ):
         ids = populate(discord_emu)
         data = tmp_path / "data"
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(tmp_path),
-            "DISCORD_TOKEN": discord_emu.token,
-            "DISCORD_API_BASE_URL": discord_emu.api_base,
-            "DISCORD_GATEWAY_URL": discord_emu.gateway_url,
-            "DEV_GUILD_ID": str(ids["guild_id"]),
-            "MODELSLAB_API_KEY": "ml-test-key",
-            "MODELSLAB_BASE_URL": providers.modelslab_base_url,
-            "NANOBANANA_API_KEY": "sk-test-key",
-            "NANOBANANA_BASE_URL": providers.nanobanana_base_url,
-            "DATA_DIR": str(data),
-            "DOWNLOAD_ALLOW_LOOPBACK": "true",
-            "POLL_INITIAL": "0.05",
-            "POLL_MAX": "0.2",
-            "RETRY_BACKOFF_MAX": "0.05",
-            "DEFAULT_POOL_CREDITS": "100",
-            "SHUTDOWN_GRACE": "0.5",
+        env = process_env(
+            discord_emu,
+            providers,
+            tmp_path,
+            data,
+            DEV_GUILD_ID=str(ids["guild_id"]),
+            NANOBANANA_API_KEY="sk-test-key",
+            NANOBANANA_BASE_URL=providers.nanobanana_base_url,
+            POLL_INITIAL="0.05",
+            POLL_MAX="0.2",
+            RETRY_BACKOFF_MAX="0.05",
+            DEFAULT_POOL_CREDITS="100",
+            SHUTDOWN_GRACE="0.5",
             # A killed process's jobs are adopted once its lease runs out.
-            "LEASE_TIMEOUT": "3",
-            "LEASE_INTERVAL": "0.5",
-        }
+            LEASE_TIMEOUT="3",
+            LEASE_INTERVAL="0.5",
+        )
         bot = BotProcess(env, tmp_path, tmp_path / "bot.log")
         try:
             yield discord_emu, providers, ids, bot, env

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.quota import open_ledger
+from tests.e2e.conftest import process_env
 from tests.e2e.test_chaos import ContainerProcess, _can_rename_host
 from tests.e2e.test_generation import answer_of, is_final, opt
 from tests.e2e.test_restart import BotProcess
@@ -34,23 +35,18 @@ async def test_two_shard_processes_never_exceed_the_operator_budget(pg_url, tmp_
                 places.append((guild.id, channel.id, member.id))
 
         def env_for(shard: int | None) -> dict[str, str]:
-            env = {
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "HOME": str(tmp_path),
-                "DISCORD_TOKEN": discord_emu.token,
-                "DISCORD_API_BASE_URL": discord_emu.api_base,
-                "DISCORD_GATEWAY_URL": discord_emu.gateway_url,
-                "MODELSLAB_API_KEY": "ml-test-key",
-                "MODELSLAB_BASE_URL": providers.modelslab_base_url,
-                "DATABASE_URL": pg_url,
-                "DATA_DIR": str(tmp_path / f"data-{shard}"),
-                "DOWNLOAD_ALLOW_LOOPBACK": "true",
-                "GLOBAL_DAILY_BUDGET": str(BUDGET),
-                "DEFAULT_POOL_CREDITS": "1000",
-                "DEFAULT_USER_ALLOWANCE": "unlimited",
-                "MAX_JOBS_IN_FLIGHT_PER_USER": "50",
-                "SHARD_COUNT": "2",
-            }
+            env = process_env(
+                discord_emu,
+                providers,
+                tmp_path,
+                tmp_path / f"data-{shard}",
+                DATABASE_URL=pg_url,
+                GLOBAL_DAILY_BUDGET=str(BUDGET),
+                DEFAULT_POOL_CREDITS="1000",
+                DEFAULT_USER_ALLOWANCE="unlimited",
+                MAX_JOBS_IN_FLIGHT_PER_USER="50",
+                SHARD_COUNT="2",
+            )
             if shard is not None:
                 env["SHARD_IDS"] = str(shard)
             return env
@@ -141,23 +137,18 @@ async def test_a_lost_shard_process_s_jobs_are_delivered_by_the_other(pg_url, tm
             places.append((guild.id, channel.id, member.id))
 
         def env_for(shard: int | None) -> dict[str, str]:
-            env = {
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "HOME": str(tmp_path),
-                "DISCORD_TOKEN": discord_emu.token,
-                "DISCORD_API_BASE_URL": discord_emu.api_base,
-                "DISCORD_GATEWAY_URL": discord_emu.gateway_url,
-                "MODELSLAB_API_KEY": "ml-test-key",
-                "MODELSLAB_BASE_URL": providers.modelslab_base_url,
-                "DATABASE_URL": pg_url,
-                "DATA_DIR": str(tmp_path / f"data-{shard}"),
-                "DOWNLOAD_ALLOW_LOOPBACK": "true",
-                "POLL_INITIAL": "0.05",
-                "POLL_MAX": "0.2",
-                "SHARD_COUNT": "2",
-                "LEASE_TIMEOUT": str(lease_timeout),
-                "LEASE_INTERVAL": str(lease_interval),
-            }
+            env = process_env(
+                discord_emu,
+                providers,
+                tmp_path,
+                tmp_path / f"data-{shard}",
+                DATABASE_URL=pg_url,
+                POLL_INITIAL="0.05",
+                POLL_MAX="0.2",
+                SHARD_COUNT="2",
+                LEASE_TIMEOUT=str(lease_timeout),
+                LEASE_INTERVAL=str(lease_interval),
+            )
             if shard is not None:
                 env["SHARD_IDS"] = str(shard)
             return env
