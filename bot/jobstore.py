@@ -139,6 +139,11 @@ def request_from_json(text: str) -> GenerationRequest:
     )
 
 
+# One read for fetch_many: the statement and its parameters.
+Query = tuple[str, Sequence[Any]]
+ALLOWED_CHANNELS_SQL = "SELECT channel_id FROM guild_channels WHERE guild_id = ?"
+
+
 class _Database(Protocol):
     """The two calls the job store needs, with ``?`` placeholders on either backend."""
 
@@ -147,6 +152,10 @@ class _Database(Protocol):
         ...
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]: ...
+
+    async def fetch_many(self, queries: Sequence[Query]) -> list[list[Sequence[Any]]]:
+        """Several reads in one round trip and one snapshot, in order."""
+        ...
 
     async def adopt(self, me: str, now: float) -> list[str]:
         """In one transaction: mark live instances whose lease ran out as expired,
@@ -184,6 +193,17 @@ class _Sqlite:
         rows = await self._worker.read(lambda conn: conn.execute(sql, values).fetchall())
         return [tuple(row) for row in rows]
 
+    async def fetch_many(self, queries: Sequence[Query]) -> list[list[Sequence[Any]]]:
+        pending = [(sql, tuple(params)) for sql, params in queries]
+
+        def body(conn: sqlite3.Connection) -> list[list[Sequence[Any]]]:
+            return [
+                [tuple(row) for row in conn.execute(sql, values).fetchall()]
+                for sql, values in pending
+            ]
+
+        return await self._worker.read(body)
+
     async def adopt(self, me: str, now: float) -> list[str]:
         # SQLite has one writer at a time (BEGIN IMMEDIATE): two processes on the
         # file adopt one after the other, and the second finds nothing left.
@@ -213,6 +233,13 @@ class _Postgres:
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         return [tuple(row) for row in await self._pool.fetch(_numbered(sql), *params)]
+
+    async def fetch_many(self, queries: Sequence[Query]) -> list[list[Sequence[Any]]]:
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            return [
+                [tuple(row) for row in await conn.fetch(_numbered(sql), *params)]
+                for sql, params in queries
+            ]
 
     async def adopt(self, me: str, now: float) -> list[str]:
         # SKIP LOCKED: a job another adopter is taking right now is left to it;
@@ -424,9 +451,7 @@ class JobStore:
         return _record(rows[0]) if rows else None
 
     async def allowed_channels(self, guild_id: str) -> set[str]:
-        rows = await self._db.fetch(
-            "SELECT channel_id FROM guild_channels WHERE guild_id = ?", (guild_id,)
-        )
+        rows = await self._db.fetch(ALLOWED_CHANNELS_SQL, (guild_id,))
         return {str(row[0]) for row in rows}
 
     async def allow_channel(self, guild_id: str, channel_id: str, by: str) -> None:

@@ -42,15 +42,16 @@ class HistoryEntry:
         return self.delivered or self.status == "failed"
 
 
+BLOCKED_RULES_SQL = "SELECT rule FROM guild_blocked_words WHERE guild_id = ? ORDER BY rule"
+
+
 class MemberStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
     # --- blocked words -----------------------------------------------------
     async def blocked_rules(self, guild_id: str) -> list[str]:
-        rows = await self._db.fetch(
-            "SELECT rule FROM guild_blocked_words WHERE guild_id = ? ORDER BY rule", (guild_id,)
-        )
+        rows = await self._db.fetch(BLOCKED_RULES_SQL, (guild_id,))
         return [str(row[0]) for row in rows]
 
     async def blocklist(self, guild_id: str) -> Blocklist:

@@ -53,6 +53,30 @@ class Database(Protocol):
 
 
 _COLUMNS = "style, aspect_ratio, size, provider, samples, private_results"
+# Also read by bot.gate, with the guild's other checks in one round trip.
+PREFERENCES_SQL = (
+    f"SELECT {_COLUMNS} FROM member_preferences"  # noqa: S608 - constant columns
+    " WHERE guild_id = ? AND user_id = ?"
+)
+PRIVATE_ALLOWED_SQL = "SELECT private_results FROM guild_settings WHERE guild_id = ?"
+
+
+def preferences_from(rows: Sequence[Sequence[Any]]) -> Preferences:
+    if not rows:
+        return Preferences()
+    style, aspect_ratio, size, provider, samples, private = rows[0]
+    return Preferences(
+        style=style,
+        aspect_ratio=aspect_ratio,
+        size=size,
+        provider=provider,
+        samples=None if samples is None else int(samples),
+        private=bool(private),
+    )
+
+
+def private_allowed_from(rows: Sequence[Sequence[Any]]) -> bool:
+    return bool(rows and rows[0][0])
 
 
 class PreferenceStore:
@@ -60,22 +84,7 @@ class PreferenceStore:
         self._db = db
 
     async def get(self, guild_id: str, user_id: str) -> Preferences:
-        rows = await self._db.fetch(
-            f"SELECT {_COLUMNS} FROM member_preferences"  # noqa: S608 - constant columns
-            " WHERE guild_id = ? AND user_id = ?",
-            (guild_id, user_id),
-        )
-        if not rows:
-            return Preferences()
-        style, aspect_ratio, size, provider, samples, private = rows[0]
-        return Preferences(
-            style=style,
-            aspect_ratio=aspect_ratio,
-            size=size,
-            provider=provider,
-            samples=None if samples is None else int(samples),
-            private=bool(private),
-        )
+        return preferences_from(await self._db.fetch(PREFERENCES_SQL, (guild_id, user_id)))
 
     async def save(self, guild_id: str, user_id: str, preferences: Preferences) -> None:
         values = [getattr(preferences, item.name) for item in fields(Preferences)]
@@ -98,10 +107,7 @@ class PreferenceStore:
 
     # --- the guild's side ----------------------------------------------------
     async def private_allowed(self, guild_id: str) -> bool:
-        rows = await self._db.fetch(
-            "SELECT private_results FROM guild_settings WHERE guild_id = ?", (guild_id,)
-        )
-        return bool(rows and rows[0][0])
+        return private_allowed_from(await self._db.fetch(PRIVATE_ALLOWED_SQL, (guild_id,)))
 
     async def allow_private(self, guild_id: str, allowed: bool) -> None:
         await self._db.execute(

@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.blocklist import REFUSAL, Rule
+from bot.blocklist import REFUSAL, Blocklist, Rule
 from bot.compose import compose as compose_request
 from bot.config import DISCORD_CDN_HOSTS
 from bot.errors import BotError, ImageError, UserError
+from bot.gate import Gate, open_gate
 from bot.images import download, too_large_message
 from bot.jobs import JobOutcome
 from bot.jobstore import JobRecord, StoredImage
-from bot.memberstore import MemberStore
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
 from bot.picks import PickLimiter
 from bot.preferences import Preferences, PreferenceStore
 from bot.prompt_params import parse as parse_params
-from bot.quota.service import QuotaService, ban_refusal
+from bot.quota.service import QuotaService
 from cogs._cdn import fresh_urls
 from cogs._delivery import NO_MENTIONS, DiscordDelivery, to_files
 from cogs._info import info_embed
@@ -53,6 +53,10 @@ def requester_of(interaction: discord.Interaction[Any]) -> Requester:
         roles=roles,
         channel_id=str(interaction.channel_id) if interaction.channel_id else None,
     )
+
+
+def _channel_id(interaction: discord.Interaction[Any]) -> str | None:
+    return str(interaction.channel_id) if interaction.channel_id is not None else None
 
 
 def is_age_restricted(interaction: discord.Interaction[Any]) -> bool:
@@ -102,24 +106,25 @@ class GenerationService:
         from an earlier result (already styled): the Vary and Edit buttons."""
         if not self.bot.accepting:
             raise UserError(RESTARTING)
-        preferences: Preferences | None = None
-        private = False
+        gate: Gate | None = None
         try:
             async with asyncio.timeout(EARLY_CHECKS_BUDGET):
-                if not await self._prompt_allowed(interaction, request, parsed=compose):
-                    return None
-                preferences = await self._preferences(interaction)
-                private = preferences.private and await self._private_allowed(interaction)
+                gate = await self._gate(interaction)
         except TimeoutError:
             # Checked again once acknowledged (a refusal is private either way);
             # only a private answer cannot be chosen any more.
             log.warning("member checks for interaction %s took too long", interaction.id)
-            preferences, private = None, False
+        if gate is not None and not await self._prompt_allowed(
+            interaction, request, gate.blocklist, parsed=compose
+        ):
+            return None
+        private = gate is not None and gate.private
         if not interaction.response.is_done():
-            try:
-                await self._refuse_before_answering(interaction)
-            except UserError as error:
-                await DiscordDelivery(self.bot, interaction).fail(None, error)
+            # The refusals that need no request come before the public "thinking…",
+            # so that the first answer is the private refusal.
+            refusal = gate.refusal(_channel_id(interaction)) if gate is not None else None
+            if refusal is not None:
+                await DiscordDelivery(self.bot, interaction).fail(None, refusal)
                 return None
             try:
                 await interaction.response.defer(thinking=True, ephemeral=private)
@@ -147,7 +152,7 @@ class GenerationService:
                 delivery,
                 style=style,
                 compose=compose,
-                preferences=preferences,
+                gate=gate,
                 restyle=restyle,
             )
         )
@@ -161,15 +166,21 @@ class GenerationService:
         *,
         style: str | None,
         compose: bool,
-        preferences: Preferences | None,
+        gate: Gate | None,
         restyle: bool = True,
     ) -> JobOutcome | None:
         try:
-            await self._check_channel(interaction)
-            if preferences is None:  # the early checks ran out of time
-                if not await self._prompt_allowed(interaction, request, parsed=compose):
+            if gate is None:  # the early checks ran out of time
+                gate = await self._gate(interaction)
+                if not await self._prompt_allowed(
+                    interaction, request, gate.blocklist, parsed=compose
+                ):
                     return None
-                preferences = await self._preferences(interaction)
+            # Bans are the ledger's to refuse from here on, at the reservation.
+            refusal = gate.channel_refusal(_channel_id(interaction))
+            if refusal is not None:
+                raise refusal
+            preferences = gate.preferences
             if not restyle:
                 preferences = replace(preferences, style=None)
             if compose:
@@ -191,23 +202,16 @@ class GenerationService:
         request = replace(request, references=request.references + tuple(references))
         return await self.bot.runtime.pipeline.run(request, delivery)
 
-    async def _refuse_before_answering(self, interaction: discord.Interaction[ImageBot]) -> None:
-        """The refusals that need no request (a channel rule, a ban), raised before
-        the public "thinking…" so the first answer is the private refusal. Bounded,
-        for Discord's 3 s to acknowledge: checks still running then are left to
-        the job, which refuses privately as well."""
-        try:
-            async with asyncio.timeout(EARLY_CHECKS_BUDGET):
-                await self._check_channel(interaction)
-                ledger = self.bot.runtime.ledger
-                if isinstance(ledger, QuotaService) and interaction.guild_id is not None:
-                    ban = await ledger.active_ban(
-                        str(interaction.guild_id), str(interaction.user.id)
-                    )
-                    if ban is not None:
-                        raise ban_refusal(ban)
-        except TimeoutError:
-            log.warning("early checks for interaction %s took too long", interaction.id)
+    async def _gate(self, interaction: discord.Interaction[ImageBot]) -> Gate:
+        guild_id = str(interaction.guild_id) if interaction.guild_id is not None else None
+        user_id = str(interaction.user.id)
+        ledger = self.bot.runtime.ledger
+        ban = (
+            ledger.active_ban(guild_id, user_id)
+            if isinstance(ledger, QuotaService) and guild_id is not None
+            else None
+        )
+        return await open_gate(self.bot.jobs.database, guild_id, user_id, ban)
 
     async def _preferences(self, interaction: discord.Interaction[ImageBot]) -> Preferences:
         if interaction.guild_id is None:
@@ -231,6 +235,7 @@ class GenerationService:
         self,
         interaction: discord.Interaction[ImageBot],
         request: GenerationRequest,
+        blocklist: Blocklist,
         *,
         parsed: bool,
     ) -> bool:
@@ -241,7 +246,6 @@ class GenerationService:
         if interaction.guild_id is None:
             return True
         guild = str(interaction.guild_id)
-        blocklist = await MemberStore(self.bot.jobs.database).blocklist(guild)
         prompt = request.prompt
         if parsed and blocklist.rules:
             # Bad parameters are refused by compose; the words are checked as typed.
@@ -303,14 +307,6 @@ class GenerationService:
             most = pipeline.choose_provider(request).capabilities.max_samples
             request = replace(request, samples=min(preferences.samples, most))
         return request
-
-    async def _check_channel(self, interaction: discord.Interaction[Any]) -> None:
-        if interaction.guild_id is None:
-            raise UserError("Image commands work in servers, not in direct messages.")
-        allowed = await self.bot.jobs.allowed_channels(str(interaction.guild_id))
-        if allowed and str(interaction.channel_id) not in allowed:
-            mentions = ", ".join(f"<#{c}>" for c in sorted(allowed))
-            raise UserError(f"The moderators allow image commands only in {mentions}.")
 
     # --- references --------------------------------------------------------
     async def load_attachments(
