@@ -26,6 +26,7 @@ from bot.images.codec import (
     _oriented,
     _shrink_to_fit,
     _to_rgb,
+    _too_many,
     verify_gif,
     verify_png,
 )
@@ -144,11 +145,12 @@ def _decode_result(data: bytes, source_url: str | None, max_pixels: int) -> Resu
     if mime is None or mime not in SUPPORTED:
         log.debug("result body is %s, not a supported image", mime or "unrecognised")
         raise ImageError(RESULT_UNREADABLE)
-    im = _open_checked(data, mime, max_pixels, corrupt=RESULT_UNREADABLE)
     if mime == "image/png":
-        verify_png(data, corrupt=RESULT_UNREADABLE)
+        width, height = verify_png(data, corrupt=RESULT_UNREADABLE)
+        if width * height > max_pixels:
+            raise ImageError(_too_many((width, height), max_pixels))
     else:
+        im = _open_checked(data, mime, max_pixels, corrupt=RESULT_UNREADABLE)
         _check_decodes(im, corrupt=RESULT_UNREADABLE)
-    return ResultImage(
-        data=data, mime=mime, width=im.width, height=im.height, source_url=source_url
-    )
+        width, height = im.width, im.height
+    return ResultImage(data=data, mime=mime, width=width, height=height, source_url=source_url)

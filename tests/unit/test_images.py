@@ -1077,3 +1077,52 @@ def test_png_check_accepts_whole_pngs_and_names_damage_as_corrupt() -> None:
         with pytest.raises(ImageError) as info:
             images_module.verify_png(data, corrupt=CORRUPT)
         assert info.value.user_message == CORRUPT, what
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+
+async def test_a_result_s_pixel_cap_is_read_from_its_png_header(
+    processor: ImageProcessor,
+) -> None:
+    with pytest.raises(ImageError) as info:
+        await processor.decode_result(png_header_only(30000, 30000))
+    assert info.value.user_message == (
+        "The image is 30000×30000 pixels; the most allowed is 64 megapixels."
+    )
+    small = await processor.decode_result(encode(noise((33, 21), "RGB", seed=5), "PNG"))
+    assert (small.width, small.height) == (33, 21)
+
+
+@pytest.mark.parametrize(
+    ("what", "ihdr"),
+    [
+        ("16-bit palette", struct.pack(">IIBBBBB", 8, 8, 16, 3, 0, 0, 0)),
+        ("colour type 5", struct.pack(">IIBBBBB", 8, 8, 8, 5, 0, 0, 0)),
+        ("zero width", struct.pack(">IIBBBBB", 0, 8, 8, 2, 0, 0, 0)),
+        ("unknown compression", struct.pack(">IIBBBBB", 8, 8, 8, 2, 1, 0, 0)),
+        ("unknown interlace", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 2)),
+    ],
+)
+async def test_a_result_with_an_impossible_png_header_is_unreadable(
+    processor: ImageProcessor, what: str, ihdr: bytes
+) -> None:
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 200))
+        + _png_chunk(b"IEND", b"")
+    )
+    with pytest.raises(ImageError) as info:
+        await processor.decode_result(data)
+    assert info.value.user_message == RESULT_UNREADABLE, what
+
+
+async def test_a_result_png_without_image_data_is_unreadable(processor: ImageProcessor) -> None:
+    ihdr = struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IEND", b"")
+    with pytest.raises(ImageError) as info:
+        await processor.decode_result(data)
+    assert info.value.user_message == RESULT_UNREADABLE
