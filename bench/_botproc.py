@@ -27,6 +27,7 @@ async def main(settings_json: str, log_file: str) -> None:
     with open(log_file, "a", encoding="utf-8") as log_stream:  # noqa: ASYNC230 - at start-up
         setup_logging(settings, stream=log_stream)
         async with open_bot(settings) as bot:
+            bot.freeze_heap_when_ready = True  # as run_bot does
             token = settings.discord_token
             assert token is not None
             task = asyncio.create_task(bot.start(token.get_secret_value()))

@@ -23,6 +23,7 @@ from discord.ext import commands
 
 from bot.config import Settings
 from bot.errors import BotError, UserError
+from bot.heap import freeze_long_lived
 from bot.jobstore import JobStore
 from bot.lease import Lease
 from bot.metrics import Observer, instrument, observer_for, serve_metrics
@@ -129,6 +130,9 @@ class ImageBot(commands.AutoShardedBot):
         # Set by the recovery extension (cogs/recovery.py): where adopted jobs post.
         self.recovery_front: RecoveryFront | None = None
         self.recovery: Recovery | None = None
+        # Set by run_bot, the process's own bot: freezing touches the whole
+        # interpreter, which a bot started inside another program does not own.
+        self.freeze_heap_when_ready = False
 
     async def run_job(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a job as a task of its own, so shutdown can wait for it by name."""
@@ -192,6 +196,14 @@ class ImageBot(commands.AutoShardedBot):
         self.spawn(self._sweep_images(), name="image-retention")
         if self.lease is not None:
             self.spawn(self._keep_lease(self.lease), name="lease")
+        if self.freeze_heap_when_ready:
+            self.spawn(self._freeze_heap(), name="freeze-heap")
+
+    async def _freeze_heap(self) -> None:
+        await self.wait_until_ready()  # the caches are full
+        # Once, at start-up: a collection holds the interpreter whichever thread runs it.
+        frozen = freeze_long_lived()
+        log.info("%d long-lived objects left out of garbage collection", frozen)
 
     async def adopt_jobs(self) -> None:
         """Take and finish the jobs of processes whose lease ran out. Never raises:
@@ -367,6 +379,7 @@ async def run_bot(settings: Settings, *, sync_only: bool = False) -> int:
     if token is None:
         raise UserError("DISCORD_TOKEN is not set")
     async with open_bot(settings, sync_only=sync_only) as bot:
+        bot.freeze_heap_when_ready = True
         if sync_only:
             # login() runs setup_hook, which syncs and returns without connecting.
             await bot.login(token.get_secret_value())

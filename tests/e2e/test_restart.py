@@ -229,6 +229,12 @@ async def test_killed_while_queued_refunds_the_waiting_job(setup):
 async def test_sigterm_hands_over_and_the_next_start_delivers(setup):
     discord_emu, providers, ids, bot, env = setup
     await bot.start(discord_emu)
+    # Once ready, the process leaves its start-up heap out of garbage collection (bot.heap).
+    await discord_emu.wait_for(
+        lambda: "long-lived objects left out of garbage collection" in bot.log.read_text(),
+        timeout=20,
+        what="the heap frozen",
+    )
     providers.script("text2img", Processing(polls=40, eta=0.1))
     await imagine(discord_emu, ids, "graceful")
     await discord_emu.wait_for(lambda: len(providers.requests_to("fetch")) >= 2, timeout=20)
