@@ -55,6 +55,15 @@ class _WholeBufferPayload(IOBasePayload):
         data = self._data if content_length is None else self._data[:content_length]
         await writer.write(data)
 
+    def _close(self) -> None:
+        # aiohttp closes a file part in its default executor, for real files;
+        # closing bytes in memory needs no thread woken for it on every upload.
+        self._consumed = True
+        self._value.close()
+
+    async def close(self) -> None:
+        self._close()
+
 
 register_payload(_WholeBufferPayload, UploadBuffer, order=Order.try_first)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import weakref
@@ -45,3 +46,18 @@ def test_a_sent_upload_is_freed_without_waiting_for_the_collector() -> None:
         assert buffer() is None
     finally:
         gc.enable()
+
+
+async def test_a_sent_form_closes_its_images_without_a_thread() -> None:
+    """aiohttp closes file parts in its default executor (a thread woken per
+    upload); bytes in memory close at once."""
+    buffer = UploadBuffer(os.urandom(10_000))
+    form = FormData()
+    form.add_field("files[0]", buffer, filename="image_1.png")
+    payload = form()
+    loop = asyncio.get_running_loop()
+    with mock.patch.object(loop, "run_in_executor", wraps=loop.run_in_executor) as executor:
+        await payload.write(mock.create_autospec(AbstractStreamWriter, instance=True))
+        await payload.close()
+    assert executor.call_count == 0
+    assert buffer.closed
