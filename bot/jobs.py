@@ -251,6 +251,9 @@ class Pipeline:
     # running them; a job leaves when its images start downloading.
     _cancellable: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
     _cancelled_by: dict[str, str] = field(default_factory=dict)
+    # Reservations the journal has yet to hear of, by job: each goes with the
+    # job's next step (see run).
+    _unrecorded_holds: dict[str, Reservation] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._image_phase = asyncio.Semaphore(self.settings.image_jobs)
@@ -343,7 +346,11 @@ class Pipeline:
             # The key already paid (or was refunded) for a job: never run it twice.
             log.info("job for key %s was already reserved; ignored", request.idempotency_key)
             return JobOutcome(job=None, duplicate=True)
-        await self._record(job, "reserved", reservation=reservation)
+        # Not a journal write of its own, on every job's way to the provider: the
+        # reservation is written with the job's next step. A crash before that
+        # finds it in the ledger by job id (bot.recovery), as for a crash between
+        # reserving and any journal write.
+        self._unrecorded_holds[job.id] = reservation
         return await self._run_reserved(
             job, reservation, delivery, lambda: self._produce(job, delivery)
         )
@@ -433,8 +440,11 @@ class Pipeline:
         self.handing_over = True
 
     async def _record(self, job: Job, status: str, **fields: Any) -> None:
+        held = self._unrecorded_holds.pop(job.id, None)
         if self.journal is None:
             return
+        if held is not None:
+            fields.setdefault("reservation", held)
         try:
             await asyncio.shield(self.journal.record(job, status, **fields))
         except Exception:
@@ -454,6 +464,7 @@ class Pipeline:
             return JobOutcome(job=job, abandoned=True)
         finally:
             self._resumable.discard(job.id)
+            self._unrecorded_holds.pop(job.id, None)
             try:
                 # Before the image phase ends: the writes hold the images' bytes.
                 await self._saved(job)
