@@ -16,11 +16,21 @@ the write lock up front, waiting up to ``busy_timeout``.
 A body is a plain function of the ``sqlite3.Connection``, run in the worker
 thread from start to end: a caller cancelled before its body started never runs
 it; one cancelled later cannot stop it half way.
+
+Checkpoints (copying the write-ahead log into the database file, with an
+fsync) run in a thread of their own, on a connection of their own, every
+``CHECKPOINT_INTERVAL``. Left to SQLite, the commit that took the log past 1000
+pages ran it inline, and every transaction queued behind that commit waited
+10-20 ms on this kind of disk: a pause in the tail of members' waits
+(bench/RESULTS.md). A passive checkpoint never blocks the writer; the
+connection's own automatic checkpoint stays on as a backstop, at a threshold
+the background one keeps it from reaching.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -35,7 +45,12 @@ from bot.migrate import BUSY_TIMEOUT_MS, CONNECTION_PRAGMAS
 # reservations shares few commits, few enough that one batch cannot hold the
 # file's write lock (and other processes) for long.
 MAX_BATCH = 64
+CHECKPOINT_INTERVAL = 1.0  # seconds
+# Pages of write-ahead log after which a commit checkpoints inline anyway (SQLite's
+# default is 1000): reached only if the background checkpoints stop keeping up.
+BACKSTOP_CHECKPOINT_PAGES = 20_000
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Body = Callable[[sqlite3.Connection], T]
 
@@ -55,15 +70,32 @@ _STOP = object()
 class SqliteWorker:
     """The worker thread and connection for one file; see the module's text."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        path: Path,
+        conn: sqlite3.Connection,
+        *,
+        checkpoint_interval: float = CHECKPOINT_INTERVAL,
+    ) -> None:
         self.path = path
         self.commits = 0  # several transactions may share one
+        self.checkpoints = 0  # background checkpoints that ran
+        # The last one's (busy, log pages, pages copied), as SQLite reports it.
+        self.last_checkpoint: tuple[int, int, int] | None = None
         self._queue: SimpleQueue[_Work | object] = SimpleQueue()
         self._users = 0
+        self._stopping = threading.Event()
         self._thread = threading.Thread(
             target=self._serve, args=(conn,), name=f"sqlite-{path.name}", daemon=True
         )
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_every,
+            args=(checkpoint_interval,),
+            name=f"sqlite-checkpoint-{path.name}",
+            daemon=True,
+        )
         self._thread.start()
+        self._checkpointer.start()
 
     async def write(self, body: Body[T]) -> T:
         return await self._submit(body, writes=True)
@@ -81,7 +113,28 @@ class SqliteWorker:
     async def _stop(self) -> None:
         # Queued behind every transaction already submitted.
         self._queue.put(_STOP)
+        self._stopping.set()
         await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self._checkpointer.join)
+
+    def _checkpoint_every(self, interval: float) -> None:
+        try:
+            conn = _connect(self.path)
+        except sqlite3.Error:
+            log.exception("no background checkpoints for %s; SQLite checkpoints inline", self.path)
+            return
+        try:
+            while not self._stopping.wait(interval):
+                try:
+                    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    # Busy with another process's checkpoint, say: the next one catches up.
+                    log.debug("background checkpoint of %s failed", self.path, exc_info=True)
+                    continue
+                self.last_checkpoint = (int(row[0]), int(row[1]), int(row[2]))
+                self.checkpoints += 1
+        finally:
+            conn.close()
 
     def _serve(self, conn: sqlite3.Connection) -> None:
         try:
@@ -156,6 +209,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         for pragma in CONNECTION_PRAGMAS:
             conn.execute(pragma)
+        conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
     except BaseException:
         conn.close()
         raise

@@ -74,3 +74,25 @@ async def test_a_failed_commit_fails_every_body_it_carried(tmp_path: Path) -> No
         assert tuple(count) == (0,)
     finally:
         await sqlite_worker.release(worker)
+
+
+async def test_the_log_is_checkpointed_in_the_background_not_by_a_commit(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite"
+    async with JobStore.connect(path) as jobs:
+        (worker,) = [w for key, w in sqlite_worker._shared.items() if key == path.resolve()]
+        # A commit would checkpoint inline only far past SQLite's usual 1000 pages.
+        threshold = await worker.read(
+            lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+        assert threshold == sqlite_worker.BACKSTOP_CHECKPOINT_PAGES
+        for n in range(50):
+            await jobs.allow_channel("g", f"c{n}", "mod")
+        written = worker.checkpoints
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10 * sqlite_worker.CHECKPOINT_INTERVAL
+        while worker.checkpoints <= written:
+            assert loop.time() < deadline, "no background checkpoint ran"
+            await asyncio.sleep(0.02)
+        busy, log_pages, copied = worker.last_checkpoint or (1, 0, 0)
+        assert busy == 0 and log_pages > 0 and copied == log_pages
+    assert not worker._checkpointer.is_alive()
