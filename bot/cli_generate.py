@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -220,7 +221,11 @@ class FileDelivery:
     def _write(self, names: list[str], result: JobResult, document: dict[str, Any]) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for name, image in zip(names, result.images, strict=True):
-            (self.out_dir / name).write_bytes(image.data)
+            if image.data is None:
+                assert image.path is not None  # kept on disk under DATA_DIR instead
+                shutil.copyfile(image.path, self.out_dir / name)
+            else:
+                (self.out_dir / name).write_bytes(image.data)
         # Written last and atomically: its presence means the images are complete.
         tmp = self.out_dir / f".result.json.{os.getpid()}"
         tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

@@ -34,7 +34,7 @@ from bot.errors import (
     UserError,
     ValidationError,
 )
-from bot.images import ImageProcessor, ImageStore, download
+from bot.images import DiskRefused, ImageProcessor, ImageStore, download, download_into
 from bot.logs import bind_job
 from bot.metrics import Observer
 from bot.models import (
@@ -246,7 +246,7 @@ class Pipeline:
     _image_phase: asyncio.Semaphore = field(init=False)
     _in_image_phase: set[str] = field(default_factory=set)
     # Originals being written to disk, by job (see _keep).
-    _saving: dict[str, list[asyncio.Future[None]]] = field(default_factory=dict)
+    _saving: dict[str, list[asyncio.Future[str | None]]] = field(default_factory=dict)
     # Jobs that may still be cancelled (queued, submitting, polling), by the task
     # running them; a job leaves when its images start downloading.
     _cancellable: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
@@ -763,7 +763,10 @@ class Pipeline:
     async def _collect(self, job: Job, output: ProviderOutput) -> tuple[ResultImage, ...]:
         """Download and keep every result; images that fail are dropped, not charged."""
         fetched = await asyncio.gather(
-            *(self._fetch_one(output.provider, ref) for ref in output.outputs),
+            *(
+                self._fetch_and_keep(job, index, output.provider, ref)
+                for index, ref in enumerate(output.outputs, start=1)
+            ),
             return_exceptions=True,
         )
         images: list[ResultImage] = []
@@ -775,7 +778,7 @@ class Pipeline:
                 log.warning("job %s: result %d unusable: %s", job.id, index, item.user_message)
                 first_error = first_error or item
                 continue
-            images.append(self._keep(job, index, item))
+            images.append(item)
         if images:
             return tuple(images)
         if isinstance(first_error, ProviderError):
@@ -786,25 +789,76 @@ class Pipeline:
             retryable=False,
         )
 
-    def _keep(self, job: Job, index: int, image: ResultImage) -> ResultImage:
-        """Start writing the original to disk and return it with its path: the
-        upload need not wait for the disk. ``_run_reserved`` waits for the write
-        before the job ends; a path whose write failed reads as "not kept", and
-        the buttons then use the posted copy."""
-        path = self.store.path_for(job.id, index, image)
-        if path is None:
+    async def _fetch_and_keep(
+        self, job: Job, index: int, provider: str, ref: OutputRef
+    ) -> ResultImage:
+        if ref.data is None and ref.url is not None and self.store.retention_days > 0:
+            try:
+                return await self._download_and_keep(job, index, provider, ref.url)
+            except DiskRefused as error:
+                # As in _save: the disk's trouble must not cost the member the
+                # images. Fetched again, into memory this time, and not kept.
+                log.error("job %s: could not keep result %d: %s", job.id, index, error)
+                return await self._fetch_one(provider, ref)
+        return await self._keep(job, index, await self._fetch_one(provider, ref))
+
+    async def _download_and_keep(
+        self, job: Job, index: int, provider: str, url: str
+    ) -> ResultImage:
+        """Download a result straight into the store, check it there and keep it:
+        its bytes are never whole in memory (the bot's peak RSS with many large
+        results in flight, bench/RESULTS.md)."""
+        incoming = self.store.incoming(job.id, index)
+        try:
+            await download_into(
+                self.session,
+                url,
+                incoming.write,
+                max_bytes=self.settings.download_max_bytes,
+                timeout=self.settings.download_timeout,
+                allow_loopback=self.settings.download_allow_loopback,
+                provider=provider,
+                allowed_hosts=self.settings.result_hosts(),
+            )
+            downloaded = await incoming.finish()
+            try:
+                image = await self.images.decode_result_file(downloaded, source_url=url)
+            except ImageError as error:
+                raise ProviderBadResponse(
+                    error.user_message, provider=provider, retryable=False
+                ) from None
+            if image.data is not None:  # a base64 body: its decoded bytes are kept
+                incoming.discard()
+                return await self._keep(job, index, image)
+            return image.on_disk(str(await incoming.install(image.mime)))
+        except BaseException:
+            incoming.discard()
+            raise
+
+    async def _keep(self, job: Job, index: int, image: ResultImage) -> ResultImage:
+        """Write the original to disk and return it with its path and without its
+        bytes: planning and the upload read it from there, so that a job's
+        originals are not all in memory from download to upload (bench: peak RSS
+        of 50 jobs × 4 × 2048²). A write that fails keeps the bytes in memory
+        and the path unset: the buttons then use the posted copy."""
+        if self.store.path_for(job.id, index, image) is None:
             return image
         saving = asyncio.ensure_future(self._save(job, index, image))
         self._saving.setdefault(job.id, []).append(saving)
-        return replace(image, path=str(path))
+        # Shielded: a cancelled job still finishes writing what it started.
+        path = await asyncio.shield(saving)
+        return image if path is None else image.on_disk(path)
 
-    async def _save(self, job: Job, index: int, image: ResultImage) -> None:
+    async def _save(self, job: Job, index: int, image: ResultImage) -> str | None:
+        # The path, not the saved image: ``_saving`` keeps this result until the
+        # job ends, and the image's bytes must not stay alive with it.
         try:
-            await self.store.save(job.id, index, image)
+            return (await self.store.save(job.id, index, image)).path
         except DeliveryError as error:
             # Keeping the original is a convenience (U1-U4 later); a full or
             # read-only disk must not cost the member the images in hand.
             log.error("job %s: could not keep result %d: %s", job.id, index, error)
+            return None
 
     async def _saved(self, job: Job) -> None:
         writes = self._saving.pop(job.id, [])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -132,17 +132,30 @@ class ProviderOutput:
 
 @dataclass(frozen=True, slots=True)
 class ResultImage:
-    """A downloaded, validated result image kept under DATA_DIR."""
+    """A downloaded, validated result image kept under DATA_DIR.
 
-    data: bytes
+    ``data`` is None once the original is on disk at ``path``: image work and
+    uploads read it from there, so a job's originals (7 MB a 2048² photo) are
+    not all held in memory from download to upload."""
+
+    data: bytes | None
     mime: str
     width: int
     height: int
     path: str | None = None  # where the original is kept, if stored
     source_url: str | None = None
+    stored_bytes: int = 0  # the file's size at ``path`` when ``data`` is None
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) if self.data is not None else self.stored_bytes
+
+    def on_disk(self, path: str) -> ResultImage:
+        """This image kept at ``path`` only, without its bytes in memory."""
+        return replace(self, data=None, path=path, stored_bytes=self.nbytes)
 
     def __repr__(self) -> str:
         return (
             f"ResultImage(mime={self.mime!r}, size={self.width}x{self.height}, "
-            f"bytes={len(self.data)}, path={self.path!r})"
+            f"bytes={self.nbytes}, path={self.path!r})"
         )

@@ -110,8 +110,20 @@ def result_embed(result: JobResult) -> discord.Embed:
     return embed
 
 
-def to_files(uploads: Sequence[UploadFile]) -> list[discord.File]:
-    return [DiscordUpload(upload.data, upload.filename) for upload in uploads]
+async def to_files(uploads: Sequence[UploadFile]) -> list[discord.File]:
+    """The message's files; stored originals are read from disk only now, so that
+    only the message being sent holds their bytes."""
+    if all(upload.data is not None for upload in uploads):
+        contents = [upload.read_data() for upload in uploads]
+    else:
+        contents = await asyncio.to_thread(_read_all, uploads)
+    return [
+        DiscordUpload(data, upload.filename) for data, upload in zip(contents, uploads, strict=True)
+    ]
+
+
+def _read_all(uploads: Sequence[UploadFile]) -> list[bytes]:
+    return [upload.read_data() for upload in uploads]
 
 
 async def plan_messages(
@@ -293,7 +305,7 @@ class DiscordDelivery:
                 return await self.interaction.edit_original_response(
                     content=None,
                     embed=embed,
-                    attachments=to_files(uploads),
+                    attachments=await to_files(uploads),
                     view=view,
                     allowed_mentions=NO_MENTIONS,
                 )
@@ -302,7 +314,7 @@ class DiscordDelivery:
                     raise
         if self.private:
             message = await self._send_dm(
-                job, content=PRIVATE_READY, embed=embed, files=to_files(uploads), view=view
+                job, content=PRIVATE_READY, embed=embed, files=await to_files(uploads), view=view
             )
             await self._drop_placeholder()
             return message
@@ -311,7 +323,7 @@ class DiscordDelivery:
         message = await channel.send(
             content=f"<@{requester.id}> your images are ready.",
             embed=embed,
-            files=to_files(uploads),
+            files=await to_files(uploads),
             view=view,
             allowed_mentions=discord.AllowedMentions(
                 users=[requester], everyone=False, roles=False
@@ -337,7 +349,7 @@ class DiscordDelivery:
         if self.interaction is not None and not self._expiring():
             try:
                 return await self.interaction.followup.send(
-                    files=to_files(uploads),
+                    files=await to_files(uploads),
                     wait=True,
                     ephemeral=self.private,
                     allowed_mentions=NO_MENTIONS,
@@ -346,8 +358,10 @@ class DiscordDelivery:
                 if not self._token_died(exc):
                     raise
         if self.private:
-            return await self._send_dm(job, files=to_files(uploads))
-        return await self._channel().send(files=to_files(uploads), allowed_mentions=NO_MENTIONS)
+            return await self._send_dm(job, files=await to_files(uploads))
+        return await self._channel().send(
+            files=await to_files(uploads), allowed_mentions=NO_MENTIONS
+        )
 
     def _channel(self) -> discord.abc.Messageable:
         channel = self.interaction.channel if self.interaction else None

@@ -503,7 +503,7 @@ class GenerationService:
             return
         await interaction.edit_original_response(
             content=f"Image {n} at full size ({image.width}×{image.height}).",
-            attachments=to_files(plan[0]),
+            attachments=await to_files(plan[0]),
             allowed_mentions=NO_MENTIONS,
         )
 

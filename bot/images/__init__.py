@@ -11,7 +11,7 @@ One module per concern; this package re-exports the names the rest of the bot us
 - ``storage``: originals on disk, and their retention.
 """
 
-from bot.images.downloads import download, host_allowed
+from bot.images.downloads import download, download_into, host_allowed
 from bot.images.formats import (
     CORRUPT,
     EMPTY_FILE,
@@ -22,7 +22,7 @@ from bot.images.formats import (
 )
 from bot.images.planning import GRID_MAX_SIDE, UploadFile
 from bot.images.processor import ImageProcessor
-from bot.images.storage import ImageStore
+from bot.images.storage import DiskRefused, ImageStore
 
 __all__ = [
     "CORRUPT",
@@ -30,10 +30,12 @@ __all__ = [
     "GRID_MAX_SIDE",
     "RESULT_UNREADABLE",
     "SUPPORTED",
+    "DiskRefused",
     "ImageProcessor",
     "ImageStore",
     "UploadFile",
     "download",
+    "download_into",
     "host_allowed",
     "sniff_mime",
     "too_large_message",

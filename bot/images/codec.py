@@ -20,6 +20,7 @@ import io
 import math
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyvips
@@ -99,11 +100,17 @@ class _CannotFit(Exception):
     """Even a 1x1 image does not fit the byte budget."""
 
 
-def _load(data: bytes, mime: str) -> pyvips.Image:
+def _source(data: bytes | Path) -> pyvips.Source:
+    """Encoded bytes in memory, or a stored original read from its file as rows are needed."""
+    if isinstance(data, Path):
+        return pyvips.Source.new_from_file(str(data))
+    return pyvips.Source.new_from_memory(data)
+
+
+def _load(data: bytes | Path, mime: str) -> pyvips.Image:
     """The sniffed format's own loader, rows streamed, failing on truncation and
     decoder errors (libvips's default would fill missing rows with grey)."""
-    source = pyvips.Source.new_from_memory(data)
-    return _LOADERS[mime](source, access="sequential", fail_on="error")
+    return _LOADERS[mime](_source(data), access="sequential", fail_on="error")
 
 
 def _open_checked(data: bytes, mime: str, max_pixels: int, *, corrupt: str) -> pyvips.Image:
@@ -389,12 +396,12 @@ def _thumbnail(im: pyvips.Image, box: tuple[int, int], *, prescaled: bool = Fals
     return _resize(im, size, "linear" if prescaled else "lanczos3")
 
 
-def _thumbnail_of(data: bytes, mime: str, box: tuple[int, int]) -> pyvips.Image:
+def _thumbnail_of(data: bytes | Path, mime: str, box: tuple[int, int]) -> pyvips.Image:
     """A thumbnail straight from encoded bytes: JPEG and WebP decode at a reduced
     scale, PNG rows are shrunk as they stream in; the full image never sits in memory."""
     size = _fit_size(_displayed_size(_load(data, mime)), box)
     thumb = pyvips.Image.thumbnail_source(
-        pyvips.Source.new_from_memory(data),
+        _source(data),
         size[0],
         height=size[1],
         size="force",

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 from yarl import URL
@@ -163,6 +163,41 @@ async def download(
     when empty), plus loopback when ``allow_loopback``. Redirects are followed by
     hand so that every hop passes the same check before it is requested.
     """
+    # Whatever the socket delivered, kept as it came and joined once: one copy
+    # of the image, not one per 64 KiB slice.
+    chunks: list[bytes] = []
+
+    async def keep(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    await download_into(
+        session,
+        url,
+        keep,
+        max_bytes=max_bytes,
+        timeout=timeout,
+        allow_loopback=allow_loopback,
+        provider=provider,
+        allowed_hosts=allowed_hosts,
+    )
+    return b"".join(chunks)
+
+
+async def download_into(
+    session: aiohttp.ClientSession,
+    url: str,
+    sink: Callable[[bytes], Awaitable[None]],
+    *,
+    max_bytes: int,
+    timeout: float,  # noqa: ASYNC109 - a per-download budget callers set from settings
+    allow_loopback: bool = False,
+    provider: str = "download",
+    allowed_hosts: Sequence[str] = (),
+) -> int:
+    """``download``, handing each piece to ``sink`` as it arrives (a file, so that
+    a large result is never whole in memory); returns the size. Everything
+    ``download`` checks, it checks; ``sink`` may get pieces of a download that
+    then fails."""
     try:
         target = URL(url)
     except (TypeError, ValueError):
@@ -201,16 +236,13 @@ async def download(
                         )
                     if response.content_length is not None and response.content_length > max_bytes:
                         raise _bad_link(provider, too_big)
-                    # Whatever the socket delivered, kept as it came and joined
-                    # once: one copy of the image, not one per 64 KiB slice.
-                    chunks: list[bytes] = []
                     received = 0
                     async for chunk in response.content.iter_any():
                         received += len(chunk)
                         if received > max_bytes:
                             raise _bad_link(provider, too_big)
-                        chunks.append(chunk)
-                    return b"".join(chunks)
+                        await sink(chunk)
+                    return received
             raise _bad_link(provider, "The provider's result link redirects too many times.")
     except TimeoutError:
         raise ProviderUnavailable(

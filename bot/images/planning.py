@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyvips
 
@@ -42,22 +43,37 @@ _GRID_BACKGROUND = (32, 34, 37)
 
 @dataclass(frozen=True, slots=True)
 class UploadFile:
-    """One attachment of a planned Discord message."""
+    """One attachment of a planned Discord message: its bytes, or (``data`` None)
+    an original stored at ``path``, read only when its message is sent
+    (``read_data``), so a plan does not hold every original of a job at once."""
 
     filename: str
-    data: bytes
+    data: bytes | None
     mime: str
     width: int
     height: int
+    path: str | None = None
+    stored_bytes: int = 0  # the size of the file at ``path`` when ``data`` is None
 
     @property
     def nbytes(self) -> int:
-        return len(self.data)
+        return len(self.data) if self.data is not None else self.stored_bytes
+
+    def read_data(self) -> bytes:
+        """The bytes to upload; blocking when they are on disk (call it in a thread)."""
+        if self.data is not None:
+            return self.data
+        if self.path is None:
+            raise DeliveryError("A result image could not be read for upload.")
+        try:
+            return Path(self.path).read_bytes()
+        except OSError as exc:
+            raise DeliveryError("A result image could not be read for upload.") from exc
 
     def __repr__(self) -> str:  # keep megabytes of image data out of logs
         return (
             f"UploadFile(filename={self.filename!r}, mime={self.mime!r}, "
-            f"size={self.width}x{self.height}, bytes={len(self.data)})"
+            f"size={self.width}x{self.height}, bytes={self.nbytes})"
         )
 
 
@@ -77,11 +93,23 @@ def _original_file(image: ResultImage, number: int) -> UploadFile:
         mime=image.mime,
         width=image.width,
         height=image.height,
+        path=image.path if image.data is None else None,
+        stored_bytes=image.nbytes,
     )
 
 
+def _encoded(image: ResultImage) -> bytes | Path:
+    if image.data is not None:
+        return image.data
+    if image.path is None:
+        raise DeliveryError("A result image could not be read for upload.")
+    return Path(image.path)
+
+
 def _result_mime(image: ResultImage) -> str:
-    mime = image.mime if image.mime in SUPPORTED else sniff_mime(image.data)
+    if image.mime in SUPPORTED:
+        return image.mime
+    mime = sniff_mime(image.data) if image.data is not None else None
     if mime is None or mime not in SUPPORTED:
         raise DeliveryError("A result image could not be read for upload.")
     return mime
@@ -100,16 +128,17 @@ def _prepare_upload(
     original goes as it is. With ``keep_size``, no upload when only a downscale
     would fit ``max_bytes`` (not an exception: its traceback would keep the decoded
     pixels alive until a collection), yet the cell, for the plan made instead."""
-    fits = len(image.data) <= max_bytes
+    fits = image.nbytes <= max_bytes
     if fits and (box is None or thumb is not None):
         return _original_file(image, number), thumb
     mime = _result_mime(image)
+    encoded = _encoded(image)
     try:
         if fits:
             # Only a thumbnail is needed: shrunk while it loads, never held whole.
             assert box is not None
-            return _original_file(image, number), _thumbnail_of(image.data, mime, box)
-        rgb = _to_rgb(_oriented(_load(image.data, mime).copy_memory()))
+            return _original_file(image, number), _thumbnail_of(encoded, mime, box)
+        rgb = _to_rgb(_oriented(_load(encoded, mime).copy_memory()))
     except pyvips.Error as exc:  # results were validated; this is a bug or bit rot
         raise DeliveryError("A result image could not be read for upload.") from exc
     try:
@@ -173,7 +202,7 @@ def _grid_layout(images: Sequence[ResultImage], max_side: int) -> _GridLayout:
 
 
 def _grid_thumbnail(image: ResultImage, box: tuple[int, int]) -> pyvips.Image:
-    return _prepare_upload(image, 1, len(image.data), box)[1] or _canvas(box, (0, 0, 0))
+    return _prepare_upload(image, 1, image.nbytes, box)[1] or _canvas(box, (0, 0, 0))
 
 
 def _compose_grid(

@@ -16,6 +16,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, ParamSpec, Self, TypeVar
 
@@ -44,6 +45,7 @@ from bot.images.planning import (
 )
 from bot.images.validation import (
     _decode_result,
+    _decode_result_file,
     _fit_reference,
     _is_plain,
     _load_reference,
@@ -187,6 +189,12 @@ class ImageProcessor:
         if not data:
             raise ImageError(RESULT_UNREADABLE)
         return await self._run(_decode_result, bytes(data), source_url, self.max_result_pixels)
+
+    async def decode_result_file(self, path: Path, *, source_url: str | None = None) -> ResultImage:
+        """``decode_result`` of a downloaded file, read in the pool's thread: the
+        image without its bytes (``data`` None, the caller keeps the file), or
+        with them when the file was a base64 text body."""
+        return await self._run(_decode_result_file, path, source_url, self.max_result_pixels)
 
     async def make_grid(
         self, images: Sequence[ResultImage], *, max_side: int = GRID_MAX_SIDE

@@ -10,9 +10,10 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyvips
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from bot.config import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 # A job id is one safe path component: no separators, no leading dot (no "..").
@@ -84,6 +87,8 @@ class ImageStore:
         return self.root / job_id / f"{index}.{_EXT.get(mime, 'bin')}"
 
     def _write(self, job_id: str, index: int, image: ResultImage) -> Path:
+        if image.data is None:
+            raise ValueError("an image without its bytes is kept already")
         final = self._path(job_id, index, image.mime)
         job_dir = final.parent
         try:
@@ -115,6 +120,24 @@ class ImageStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(job_dir / f"{index}.{other}")
         return final
+
+    def incoming(self, job_id: str, index: int) -> Incoming:
+        """A file in the job's folder a result is downloaded into (``Incoming``)."""
+        _check_key(job_id, index)
+        if self.retention_days == 0:
+            raise ValueError("nothing is kept with retention 0")
+        return Incoming(self, job_id, index)
+
+    def _open_incoming(self, job_id: str, index: int) -> tuple[int, Path, bool]:
+        job_dir = self.root / job_id
+        try:
+            created = _make_private_dir(job_dir)
+        except FileNotFoundError:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            created = _make_private_dir(job_dir)
+        tmp = job_dir / f".{index}.{uuid.uuid4().hex}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        return os.open(tmp, flags, 0o600), tmp, created
 
     async def load(self, job_id: str, index: int) -> ResultImage | None:
         """The stored original, or None if it was never kept or has been swept."""
@@ -167,3 +190,105 @@ class ImageStore:
             except FileNotFoundError:
                 continue  # swept concurrently
         return removed
+
+
+class DiskRefused(Exception):
+    """The disk refused a result being downloaded into the store."""
+
+
+class Incoming:
+    """A result downloaded straight into the store: pieces are written as they
+    arrive (``write``, the sink of ``download_into``), so a 7 MB original never
+    sits whole in memory before it is checked and kept. ``finish`` closes the
+    file, ``install`` gives it its final name once its format is known (rename:
+    a crash never leaves a half file under it), ``discard`` removes it.
+    Disk errors raise DiskRefused."""
+
+    # Pieces of a few KiB gathered into one write per thread hop.
+    _FLUSH_BYTES = 1 << 20
+
+    def __init__(self, store: ImageStore, job_id: str, index: int) -> None:
+        self._store = store
+        self.job_id = job_id
+        self.index = index
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._fd: int | None = None
+        self._tmp: Path | None = None
+        self._created = False
+        self._busy: asyncio.Future[Any] | None = None
+
+    async def write(self, chunk: bytes) -> None:
+        self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
+        if self._pending_bytes >= self._FLUSH_BYTES:
+            await self._flush()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        # One thread call at a time, tracked: a cancelled caller leaves it running,
+        # and ``discard`` must not close the descriptor under it.
+        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        self._busy = work
+        try:
+            return await asyncio.shield(work)
+        except OSError as exc:
+            raise DiskRefused(str(exc)) from exc
+
+    async def _flush(self) -> None:
+        pieces, self._pending, self._pending_bytes = self._pending, [], 0
+        await self._run(self._write, pieces)
+
+    def _write(self, pieces: list[bytes]) -> None:
+        if self._fd is None:
+            self._fd, self._tmp, self._created = self._store._open_incoming(self.job_id, self.index)
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(self._fd, view) :]
+
+    async def finish(self) -> Path:
+        """Write what is left and close the file; its (temporary) path."""
+        await self._flush()
+        await self._run(self._close)
+        assert self._tmp is not None
+        return self._tmp
+
+    def _close(self) -> None:
+        if self._fd is None:  # an empty body: an empty file, for the checks to refuse
+            self._write([])
+        assert self._fd is not None
+        fd, self._fd = self._fd, None
+        os.close(fd)
+
+    async def install(self, mime: str) -> Path:
+        """The finished file under its final name, as ``ImageStore.save`` names it."""
+        return await self._run(self._install, mime)
+
+    def _install(self, mime: str) -> Path:
+        assert self._tmp is not None and self._fd is None
+        final = self._store._path(self.job_id, self.index, mime)
+        os.replace(self._tmp, final)
+        self._tmp = None
+        if not self._created:
+            ext = final.suffix[1:]
+            for other in set(_EXT.values()) - {ext}:
+                # A re-save in another format must not leave the old one for load() to find.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(final.parent / f"{self.index}.{other}")
+        return final
+
+    def discard(self) -> None:
+        """Close and remove the file, if any, now or once the thread call in
+        progress ends. Synchronous (two system calls, no data): it runs on error
+        paths, cancellation included, where awaiting could itself be cancelled."""
+        if self._busy is not None and not self._busy.done():
+            self._busy.add_done_callback(lambda _: self.discard())
+            return
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        tmp, self._tmp = self._tmp, None
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

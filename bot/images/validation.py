@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import logging
 import re
+from pathlib import Path
 
 import pyvips
 
@@ -154,3 +156,17 @@ def _decode_result(data: bytes, source_url: str | None, max_pixels: int) -> Resu
         _check_decodes(im, corrupt=RESULT_UNREADABLE)
         width, height = im.width, im.height
     return ResultImage(data=data, mime=mime, width=width, height=height, source_url=source_url)
+
+
+def _decode_result_file(path: Path, source_url: str | None, max_pixels: int) -> ResultImage:
+    """``_decode_result`` of a downloaded file. Without bytes (``data`` None) when
+    the file is the image itself, as it then stays on disk; with them when it was
+    a base64 text body, whose decoded bytes are kept instead of the file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(RESULT_UNREADABLE) from exc
+    image = _decode_result(data, source_url, max_pixels)
+    if image.data is data:
+        return dataclasses.replace(image, data=None, stored_bytes=len(data))
+    return image

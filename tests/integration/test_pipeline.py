@@ -30,6 +30,7 @@ from tests.emulators.providers import (
     ProviderEmulator,
     ServerError,
     Success,
+    make_png,
 )
 
 
@@ -338,13 +339,23 @@ async def test_a_replayed_key_never_runs_twice(make_runtime, emu):
 
 
 async def test_originals_are_on_disk_when_the_job_ends(make_runtime, emu):
-    """The upload does not wait for the disk, but the job does."""
+    """Results are downloaded into the store and delivered from there: kept as
+    the provider sent them, and not held in memory."""
     runtime = await make_runtime()
     delivery = RecordingDelivery()
     outcome = await runtime.pipeline.run(text_request("kept", samples=2), delivery)
     assert outcome.ok, delivery.failures
-    paths = [image.path for image in delivery.results[0].images]
+    images = delivery.results[0].images
+    paths = [image.path for image in images]
     assert all(path is not None for path in paths)
-    originals = [image.data for image in delivery.results[0].images]
+    assert all(image.data is None for image in images)
     kept = [await asyncio.to_thread(Path(path).read_bytes) for path in paths if path]
-    assert kept == originals
+    served = [await asyncio.to_thread(make_png, im.width, im.height) for im in images]
+    assert kept == served
+    assert [image.nbytes for image in images] == [len(data) for data in kept]
+    assert await asyncio.to_thread(hidden_files, paths) == []  # no download left behind
+
+
+def hidden_files(paths: list[str | None]) -> list[str]:
+    assert paths[0] is not None
+    return [p.name for p in Path(paths[0]).parent.iterdir() if p.name.startswith(".")]

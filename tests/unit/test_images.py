@@ -111,8 +111,8 @@ def check_plan(
         names = names[1:]
     assert [name.rsplit(".", 1)[0] for name in names] == [f"image_{n}" for n in range(1, count + 1)]
     for upload in (f for message in messages for f in message):
-        assert sniff_mime(upload.data) == upload.mime
-        with Image.open(io.BytesIO(upload.data)) as im:
+        assert sniff_mime(upload.read_data()) == upload.mime
+        with Image.open(io.BytesIO(upload.read_data())) as im:
             im.load()
             assert im.size == (upload.width, upload.height)
 
@@ -531,7 +531,7 @@ async def test_grid_of_downscaled_samples_shows_each_in_its_cell(
     samples = plan[0][1:]
     assert all(f.width < 1024 for f in samples)  # downscaled: the cells come from those
     grid = plan[0][0]
-    with Image.open(io.BytesIO(grid.data)) as im:
+    with Image.open(io.BytesIO(grid.read_data())) as im:
         rgb = im.convert("RGB")
     for index, color in enumerate(colors):
         row, col = divmod(index, 2)
@@ -566,7 +566,7 @@ async def test_make_grid_is_two_by_two_in_sample_order(processor: ImageProcessor
     grid = await processor.make_grid([result(solid(c, (512, 512))) for c in colors])
     assert grid.filename == "grid.jpg" and grid.mime == "image/jpeg"
     assert (grid.width, grid.height) == (1032, 1032)  # two 512 cells and a gap: no upscaling
-    with Image.open(io.BytesIO(grid.data)) as im:
+    with Image.open(io.BytesIO(grid.read_data())) as im:
         rgb = im.convert("RGB")
         for (x, y), color in zip(
             [(256, 256), (776, 256), (256, 776), (776, 776)], colors, strict=True
