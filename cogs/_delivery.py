@@ -25,7 +25,7 @@ from bot.images import ImageProcessor, UploadFile
 from bot.jobs import Job, JobResult
 from bot.jobstore import StoredImage
 from bot.models import Mode, Progress, ResultImage, Stage
-from cogs._upload_buffer import DiscordUpload
+from cogs._upload_buffer import DiscordUpload, StoredUpload, open_stored
 from cogs._views import progress_view, result_view
 
 if TYPE_CHECKING:
@@ -111,19 +111,30 @@ def result_embed(result: JobResult) -> discord.Embed:
 
 
 async def to_files(uploads: Sequence[UploadFile]) -> list[discord.File]:
-    """The message's files; stored originals are read from disk only now, so that
-    only the message being sent holds their bytes."""
+    """The message's files; stored originals are sent from their files, read a
+    piece at a time while the message goes out (``StoredUpload``)."""
     if all(upload.data is not None for upload in uploads):
-        contents = [upload.read_data() for upload in uploads]
-    else:
-        contents = await asyncio.to_thread(_read_all, uploads)
-    return [
-        DiscordUpload(data, upload.filename) for data, upload in zip(contents, uploads, strict=True)
-    ]
+        return [DiscordUpload(upload.read_data(), upload.filename) for upload in uploads]
+    return await asyncio.to_thread(_open_all, uploads)
 
 
-def _read_all(uploads: Sequence[UploadFile]) -> list[bytes]:
-    return [upload.read_data() for upload in uploads]
+def _open_all(uploads: Sequence[UploadFile]) -> list[discord.File]:
+    files: list[discord.File] = []
+    try:
+        for upload in uploads:
+            if upload.data is not None or upload.path is None:
+                files.append(DiscordUpload(upload.read_data(), upload.filename))
+                continue
+            try:
+                reader = open_stored(upload.path)
+            except OSError as exc:
+                raise DeliveryError("A result image could not be read for upload.") from exc
+            files.append(StoredUpload(reader, upload.filename))
+    except BaseException:
+        for file in files:
+            file.close()
+        raise
+    return files
 
 
 async def plan_messages(

@@ -36,6 +36,7 @@ from bot.images import (
     CORRUPT,
     RESULT_UNREADABLE,
     SUPPORTED,
+    DiskRefused,
     ImageProcessor,
     ImageStore,
     UploadFile,
@@ -925,6 +926,62 @@ async def test_store_save_load_and_modes(tmp_path: Path) -> None:
     assert await store.load("job-1", 1) is None
     assert await store.load("job-2", 0) is None
     assert sorted(os.listdir(path.parent)) == ["0.png"]  # no temporary files left
+
+
+async def test_store_incoming_download_is_installed_like_a_save(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "images", retention_days=7)
+    png = solid((5, 6, 7), (20, 10))
+    old = await store.save("job-1", 0, ResultImage(solid((1, 2, 3)), "image/jpeg", 64, 64))
+    incoming = store.incoming("job-1", 0)
+    for start in range(0, len(png), 7):  # pieces as a download delivers them
+        await incoming.write(png[start : start + 7])
+    downloaded = await incoming.finish()
+    assert downloaded.name.startswith(".") and file_facts(downloaded)[:2] == (png, 0o600)
+    path = await incoming.install("image/png")
+    assert path == store.path_for("job-1", 0, ResultImage(png, "image/png", 20, 10))
+    assert file_facts(path) == (png, 0o600, 0o700)
+    # Re-saved in another format: the old one is gone.
+    assert sorted(os.listdir(path.parent)) == ["0.png"] and old.path != str(path)
+    loaded = await store.load("job-1", 0)
+    assert loaded is not None and loaded.data == png
+
+
+async def test_store_incoming_download_discarded_leaves_nothing(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path, retention_days=7)
+    incoming = store.incoming("job", 1)
+    await incoming.write(b"x" * (2 << 20))  # over a flush: on disk already
+    incoming.discard()
+    assert os.listdir(tmp_path / "job") == []
+    incoming.discard()  # twice is harmless
+
+
+async def test_store_incoming_download_on_a_refusing_disk(tmp_path: Path) -> None:
+    (tmp_path / "images").write_text("a file where the image folder should be")
+    incoming = ImageStore(tmp_path / "images", retention_days=7).incoming("job", 0)
+    await incoming.write(b"x" * 10)
+    with pytest.raises(DiskRefused):
+        await incoming.finish()
+    incoming.discard()
+
+
+async def test_plan_reads_originals_kept_on_disk(processor: ImageProcessor, tmp_path: Path) -> None:
+    pngs = [encode(noise((300, 200), seed=s), "PNG") for s in (21, 22)]
+    kept = []
+    for index, png in enumerate(pngs):
+        path = tmp_path / f"{index}.png"
+        await asyncio.to_thread(path.write_bytes, png)
+        kept.append(ResultImage(png, "image/png", 300, 200).on_disk(str(path)))
+    assert all(
+        image.data is None and image.nbytes == len(png)
+        for image, png in zip(kept, pngs, strict=True)
+    )
+    plan = await processor.fit_for_upload(kept, max_bytes=10 * 1024 * 1024)
+    files = [f for message in plan for f in message]
+    assert files[0].filename == "grid.jpg" and files[0].data is not None
+    assert [f.path for f in files[1:]] == [image.path for image in kept]  # sent from disk
+    assert [await asyncio.to_thread(f.read_data) for f in files[1:]] == pngs
+    small = await processor.fit_for_upload(kept, max_bytes=60_000, grid=False)
+    assert all(f.data is not None and f.nbytes <= 60_000 for m in small for f in m)
 
 
 async def test_store_with_zero_retention_keeps_nothing(tmp_path: Path) -> None:

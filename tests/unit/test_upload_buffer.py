@@ -6,13 +6,14 @@ import asyncio
 import gc
 import os
 import weakref
+from pathlib import Path
 from unittest import mock
 
 from aiohttp import FormData
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.payload import get_payload
 
-from cogs._upload_buffer import DiscordUpload, UploadBuffer
+from cogs._upload_buffer import DiscordUpload, StoredUpload, UploadBuffer, open_stored
 
 
 async def test_an_upload_is_written_whole_in_one_call() -> None:
@@ -61,3 +62,36 @@ async def test_a_sent_form_closes_its_images_without_a_thread() -> None:
         await payload.close()
     assert executor.call_count == 0
     assert buffer.closed
+
+
+async def test_a_stored_original_is_sent_from_its_file_in_pieces(tmp_path: Path) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    path = tmp_path / "1.png"
+    await asyncio.to_thread(path.write_bytes, data)
+    upload = StoredUpload(await asyncio.to_thread(open_stored, str(path)), "image_1.png")
+    payload = get_payload(upload.fp, filename="image_1.png")
+    assert payload.size == len(data)
+    writer = mock.create_autospec(AbstractStreamWriter, instance=True)
+    await payload.write(writer)
+    pieces = [call.args[0] for call in writer.write.await_args_list]
+    assert b"".join(pieces) == data
+    assert max(len(piece) for piece in pieces) <= 1024 * 1024  # never the whole file
+    # discord.py rewinds the file before it retries (after a 429): the same bytes again.
+    upload.reset()
+    writer.reset_mock()
+    await get_payload(upload.fp, filename="image_1.png").write(writer)
+    assert b"".join(call.args[0] for call in writer.write.await_args_list) == data
+    upload.close()
+    assert upload.fp.closed
+
+
+async def test_a_stored_original_goes_whole_in_a_multipart_form(tmp_path: Path) -> None:
+    data = os.urandom(200_000)
+    path = tmp_path / "1.png"
+    await asyncio.to_thread(path.write_bytes, data)
+    reader = await asyncio.to_thread(open_stored, str(path))
+    form = FormData()
+    form.add_field("files[0]", reader, filename="image_1.png")
+    body = await form().as_bytes()
+    assert data in body
+    reader.close()
