@@ -102,16 +102,33 @@ class _StoredPayload(BufferedReaderPayload):
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
-        await asyncio.to_thread(self._set_or_restore_start_position)
-        remaining = content_length
+        size = self.size  # known (fstat): no thread woken only to read the end of the file
+        remaining = size if content_length is None or size is None else min(size, content_length)
+        if remaining is None:
+            remaining = content_length
+        rewind = True
         while remaining is None or remaining > 0:
-            size = _PIECE if remaining is None else min(_PIECE, remaining)
-            piece = await asyncio.to_thread(self._value.read, size)
+            want = _PIECE if remaining is None else min(_PIECE, remaining)
+            piece = await asyncio.to_thread(self._read_piece, want, rewind)
+            rewind = False
             if not piece:
                 return
             await writer.write(piece)
             if remaining is not None:
                 remaining -= len(piece)
+
+    def _read_piece(self, size: int, rewind: bool) -> bytes:
+        if rewind:  # to where this payload started, for a request sent again
+            self._set_or_restore_start_position()
+        return self._value.read(size)
+
+    def _close(self) -> None:
+        # StoredUpload closes the file once discord.py is done (aiohttp would wake
+        # a thread of its default executor for a close discord.py stubs out).
+        self._consumed = True
+
+    async def close(self) -> None:
+        self._close()
 
 
 register_payload(_StoredPayload, StoredReader, order=Order.try_first)

@@ -248,14 +248,13 @@ class Incoming:
 
     async def finish(self) -> Path:
         """Write what is left and close the file; its (temporary) path."""
-        await self._flush()
-        await self._run(self._close)
+        pieces, self._pending, self._pending_bytes = self._pending, [], 0
+        await self._run(self._close, pieces)
         assert self._tmp is not None
         return self._tmp
 
-    def _close(self) -> None:
-        if self._fd is None:  # an empty body: an empty file, for the checks to refuse
-            self._write([])
+    def _close(self, pieces: list[bytes]) -> None:
+        self._write(pieces)  # opens the file for an empty body too: the checks refuse it
         assert self._fd is not None
         fd, self._fd = self._fd, None
         os.close(fd)
