@@ -35,6 +35,7 @@ from bot.errors import (
     ValidationError,
 )
 from bot.images import DiskRefused, ImageProcessor, ImageStore, download, download_into
+from bot.images.storage import Incoming
 from bot.logs import bind_job
 from bot.metrics import Observer
 from bot.models import (
@@ -814,6 +815,7 @@ class Pipeline:
                 self.session,
                 url,
                 incoming.write,
+                expect=incoming.expect,
                 max_bytes=self.settings.download_max_bytes,
                 timeout=self.settings.download_timeout,
                 allow_loopback=self.settings.download_allow_loopback,
@@ -822,12 +824,15 @@ class Pipeline:
             )
             downloaded = await incoming.finish()
             try:
-                image = await self.images.decode_result_file(downloaded, source_url=url)
+                if isinstance(downloaded, bytes):
+                    image = await self.images.decode_result(downloaded, source_url=url)
+                else:
+                    image = await self.images.decode_result_file(downloaded, source_url=url)
             except ImageError as error:
                 raise ProviderBadResponse(
                     error.user_message, provider=provider, retryable=False
                 ) from None
-            if image.data is not None:  # a base64 body: its decoded bytes are kept
+            if image.data is not None:  # small, or a base64 body: kept from memory
                 incoming.discard()
                 return await self._keep(job, index, image)
             return image.on_disk(str(await incoming.install(image.mime)))
@@ -836,18 +841,24 @@ class Pipeline:
             raise
 
     async def _keep(self, job: Job, index: int, image: ResultImage) -> ResultImage:
-        """Write the original to disk and return it with its path and without its
-        bytes: planning and the upload read it from there, so that a job's
-        originals are not all in memory from download to upload (bench: peak RSS
-        of 50 jobs × 4 × 2048²). A write that fails keeps the bytes in memory
-        and the path unset: the buttons then use the posted copy."""
-        if self.store.path_for(job.id, index, image) is None:
+        """Write the original to disk. A small one keeps its bytes and is returned
+        with its path at once: the upload need not wait for the disk, and
+        ``_run_reserved`` waits for the write before the job ends (a path whose
+        write failed reads as "not kept", and the buttons then use the posted
+        copy). A large one is returned once written, without its bytes: planning
+        and the upload read it from there, so that a job's originals are not all
+        in memory from download to upload (bench: peak RSS of 50 jobs × 4 ×
+        2048²); if its write fails it keeps them, and no path."""
+        path = self.store.path_for(job.id, index, image)
+        if path is None:
             return image
         saving = asyncio.ensure_future(self._save(job, index, image))
         self._saving.setdefault(job.id, []).append(saving)
+        if image.nbytes <= Incoming.IN_MEMORY_BYTES:
+            return replace(image, path=str(path))
         # Shielded: a cancelled job still finishes writing what it started.
-        path = await asyncio.shield(saving)
-        return image if path is None else image.on_disk(path)
+        saved = await asyncio.shield(saving)
+        return image if saved is None else image.on_disk(saved)
 
     async def _save(self, job: Job, index: int, image: ResultImage) -> str | None:
         # The path, not the saved image: ``_saving`` keeps this result until the

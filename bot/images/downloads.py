@@ -188,6 +188,7 @@ async def download_into(
     url: str,
     sink: Callable[[bytes], Awaitable[None]],
     *,
+    expect: Callable[[int | None], None] | None = None,
     max_bytes: int,
     timeout: float,  # noqa: ASYNC109 - a per-download budget callers set from settings
     allow_loopback: bool = False,
@@ -195,9 +196,10 @@ async def download_into(
     allowed_hosts: Sequence[str] = (),
 ) -> int:
     """``download``, handing each piece to ``sink`` as it arrives (a file, so that
-    a large result is never whole in memory); returns the size. Everything
-    ``download`` checks, it checks; ``sink`` may get pieces of a download that
-    then fails."""
+    a large result is never whole in memory); returns the size. ``expect`` is
+    told the announced size (Content-Length, or None) before the first piece.
+    Everything ``download`` checks, it checks; ``sink`` may get pieces of a
+    download that then fails."""
     try:
         target = URL(url)
     except (TypeError, ValueError):
@@ -236,6 +238,8 @@ async def download_into(
                         )
                     if response.content_length is not None and response.content_length > max_bytes:
                         raise _bad_link(provider, too_big)
+                    if expect is not None:
+                        expect(response.content_length)
                     received = 0
                     async for chunk in response.content.iter_any():
                         received += len(chunk)

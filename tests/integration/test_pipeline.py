@@ -19,6 +19,7 @@ from bot.errors import (
     ProviderCreditsError,
     QuotaRefused,
 )
+from bot.images.storage import Incoming
 from bot.jobs import Job, JobResult
 from bot.models import GenerationRequest, Mode, Progress, Requester, Stage
 from bot.quota import open_ledger
@@ -339,8 +340,22 @@ async def test_a_replayed_key_never_runs_twice(make_runtime, emu):
 
 
 async def test_originals_are_on_disk_when_the_job_ends(make_runtime, emu):
-    """Results are downloaded into the store and delivered from there: kept as
-    the provider sent them, and not held in memory."""
+    """The upload of a small result does not wait for the disk, but the job does."""
+    runtime = await make_runtime()
+    delivery = RecordingDelivery()
+    outcome = await runtime.pipeline.run(text_request("kept", samples=2), delivery)
+    assert outcome.ok, delivery.failures
+    paths = [image.path for image in delivery.results[0].images]
+    assert all(path is not None for path in paths)
+    originals = [image.data for image in delivery.results[0].images]
+    kept = [await asyncio.to_thread(Path(path).read_bytes) for path in paths if path]
+    assert kept == originals
+
+
+async def test_large_originals_go_from_the_download_to_the_disk(make_runtime, emu, monkeypatch):
+    """Large results are downloaded into the store and delivered from there:
+    kept as the provider sent them, and not held in memory."""
+    monkeypatch.setattr(Incoming, "IN_MEMORY_BYTES", 1000)
     runtime = await make_runtime()
     delivery = RecordingDelivery()
     outcome = await runtime.pipeline.run(text_request("kept", samples=2), delivery)

@@ -44,6 +44,7 @@ from bot.images import (
     sniff_mime,
 )
 from bot.images import codec as images_module
+from bot.images.storage import Incoming
 from bot.models import ReferenceImage, ResultImage
 
 MIB = 1024 * 1024
@@ -933,10 +934,15 @@ async def test_store_incoming_download_is_installed_like_a_save(tmp_path: Path) 
     png = solid((5, 6, 7), (20, 10))
     old = await store.save("job-1", 0, ResultImage(solid((1, 2, 3)), "image/jpeg", 64, 64))
     incoming = store.incoming("job-1", 0)
+    incoming.expect(Incoming.IN_MEMORY_BYTES + 1)  # announced large: to disk at once
     for start in range(0, len(png), 7):  # pieces as a download delivers them
         await incoming.write(png[start : start + 7])
     downloaded = await incoming.finish()
-    assert downloaded.name.startswith(".") and file_facts(downloaded)[:2] == (png, 0o600)
+    assert (
+        isinstance(downloaded, Path)
+        and downloaded.name.startswith(".")
+        and file_facts(downloaded)[:2] == (png, 0o600)
+    )
     path = await incoming.install("image/png")
     assert path == store.path_for("job-1", 0, ResultImage(png, "image/png", 20, 10))
     assert file_facts(path) == (png, 0o600, 0o700)
@@ -949,7 +955,8 @@ async def test_store_incoming_download_is_installed_like_a_save(tmp_path: Path) 
 async def test_store_incoming_download_discarded_leaves_nothing(tmp_path: Path) -> None:
     store = ImageStore(tmp_path, retention_days=7)
     incoming = store.incoming("job", 1)
-    await incoming.write(b"x" * (2 << 20))  # over a flush: on disk already
+    await incoming.write(b"x" * (Incoming.IN_MEMORY_BYTES + 1))  # large: on disk already
+    assert os.listdir(tmp_path / "job") != []
     incoming.discard()
     assert os.listdir(tmp_path / "job") == []
     incoming.discard()  # twice is harmless
@@ -958,10 +965,20 @@ async def test_store_incoming_download_discarded_leaves_nothing(tmp_path: Path) 
 async def test_store_incoming_download_on_a_refusing_disk(tmp_path: Path) -> None:
     (tmp_path / "images").write_text("a file where the image folder should be")
     incoming = ImageStore(tmp_path / "images", retention_days=7).incoming("job", 0)
+    incoming.expect(None)  # no Content-Length: decided by what arrives
     await incoming.write(b"x" * 10)
     with pytest.raises(DiskRefused):
-        await incoming.finish()
+        await incoming.write(b"x" * Incoming.IN_MEMORY_BYTES)
     incoming.discard()
+
+
+async def test_store_incoming_small_download_stays_in_memory(tmp_path: Path) -> None:
+    incoming = ImageStore(tmp_path, retention_days=7).incoming("job", 0)
+    incoming.expect(1000)
+    await incoming.write(b"x" * 600)
+    await incoming.write(b"y" * 400)
+    assert await incoming.finish() == b"x" * 600 + b"y" * 400
+    assert os.listdir(tmp_path) == []  # nothing written: the job keeps it like a save
 
 
 async def test_plan_reads_originals_kept_on_disk(processor: ImageProcessor, tmp_path: Path) -> None:
