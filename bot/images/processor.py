@@ -342,15 +342,7 @@ class ImageProcessor:
         known = cells if cells is not None else {}
         prepared = await asyncio.gather(
             *(
-                self._run(
-                    _prepare_upload,
-                    image,
-                    number,
-                    file_budget,
-                    box,
-                    keep_size,
-                    known.get(number),
-                )
+                self._prepare(image, number, file_budget, box, keep_size, known.get(number))
                 for number, image in enumerate(images, start=1)
             )
         )
@@ -370,6 +362,21 @@ class ImageProcessor:
             thumbs = [thumb for _upload, thumb in prepared if thumb is not None]
             files.insert(0, await self._run(_compose_grid, thumbs, layout, grid_budget))
         return _pack(files, max_bytes, max_files)
+
+    async def _prepare(
+        self,
+        image: ResultImage,
+        number: int,
+        max_bytes: int,
+        box: tuple[int, int] | None,
+        keep_size: bool,
+        thumb: pyvips.Image | None,
+    ) -> tuple[UploadFile | None, pyvips.Image | None]:
+        if image.nbytes <= max_bytes and (box is None or thumb is not None):
+            # The original goes as it is and no cell is to be made: nothing to
+            # decode, so no pool thread is woken for it (the common single image).
+            return _prepare_upload(image, number, max_bytes, box, keep_size, thumb)
+        return await self._run(_prepare_upload, image, number, max_bytes, box, keep_size, thumb)
 
     # -- lifetime -------------------------------------------------------------
 

@@ -1200,3 +1200,20 @@ async def test_a_result_png_without_image_data_is_unreadable(processor: ImagePro
     with pytest.raises(ImageError) as info:
         await processor.decode_result(data)
     assert info.value.user_message == RESULT_UNREADABLE
+
+
+async def test_an_original_that_fits_as_it_is_is_planned_without_the_pool() -> None:
+    """Nothing to decode, so no pool thread is woken for it; a second image (a
+    grid cell to make) still goes to the pool."""
+    from unittest import mock
+
+    with ImageProcessor(max_input_bytes=25 * MIB, max_input_pixels=40_000_000) as processor:
+        one = result(encode(noise((64, 48), seed=61), "PNG"))
+        with mock.patch.object(processor._pool, "submit", wraps=processor._pool.submit) as pool:
+            plan = await processor.plan_messages([one], max_bytes=10 * MIB)
+            assert [[f.filename for f in part] for part in plan] == [["image_1.png"]]
+            assert plan[0][0].data is one.data
+            assert pool.call_count == 0
+            two = result(encode(noise((64, 48), seed=62), "PNG"))
+            await processor.plan_messages([one, two], max_bytes=10 * MIB)
+            assert pool.call_count > 0
