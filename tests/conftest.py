@@ -8,8 +8,10 @@ afterwards, so tests run in any order and a re-run starts clean.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import socket
 import uuid
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +69,24 @@ async def drop_schema(base_url: str, name: str) -> None:
         await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
     finally:
         await conn.close()
+
+
+@contextlib.contextmanager
+def held_port() -> Iterator[socket.socket]:
+    """A loopback socket that is bound but never listens, for the block: its port
+    refuses connections, and nothing else on the machine (another test worker's
+    server, an outgoing connection's source port) can take the port meanwhile,
+    as it could once a probe socket is closed and only its number kept."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port where connections are refused for the whole test."""
+    with held_port() as sock:
+        yield int(sock.getsockname()[1])
 
 
 @pytest.fixture

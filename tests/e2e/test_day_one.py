@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import held_port
 from tests.e2e.conftest import populate
 from tests.emulators.discord import DiscordEmulator
 
@@ -157,8 +158,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 @contextlib.asynccontextmanager
-async def tcp_relay(port: int, target: int) -> AsyncIterator[None]:
-    """Discord's address coming back: a TCP relay from ``port`` to ``target``."""
+async def tcp_relay(sock: socket.socket, target: int) -> AsyncIterator[None]:
+    """Discord's address coming back: a TCP relay from the bound ``sock`` (which
+    starts listening) to the port ``target``."""
     tasks: set[asyncio.Task[None]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -170,7 +172,7 @@ async def tcp_relay(port: int, target: int) -> AsyncIterator[None]:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    server = await asyncio.start_server(handle, sock=sock)
     try:
         yield
     finally:
@@ -180,49 +182,46 @@ async def tcp_relay(port: int, target: int) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_unreachable_discord_is_retried_with_back_off_until_it_answers(tmp_path, discord_emu):
     populate(discord_emu)
-    port = free_port()  # nothing listens there yet: connections are refused
-    env = discord_env(
-        tmp_path, discord_emu, DISCORD_API_BASE_URL=f"http://127.0.0.1:{port}/api/v10"
-    )
-    log_path = tmp_path / "bot.log"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "--env-file", os.devnull, "run",
-            env=env, cwd=tmp_path, stdout=log, stderr=log,
-        )  # fmt: skip
-    try:
+    with held_port() as sock:  # nothing listens there yet: connections are refused
+        port = sock.getsockname()[1]
+        env = discord_env(
+            tmp_path, discord_emu, DISCORD_API_BASE_URL=f"http://127.0.0.1:{port}/api/v10"
+        )
+        log_path = tmp_path / "bot.log"
+        with log_path.open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot", "--env-file", os.devnull, "run",
+                env=env, cwd=tmp_path, stdout=log, stderr=log,
+            )  # fmt: skip
+        try:
 
-        def retries() -> list[str]:
-            return [
-                line for line in log_path.read_text().splitlines() if "cannot reach Discord" in line
-            ]
+            def retries() -> list[str]:
+                return [
+                    line
+                    for line in log_path.read_text().splitlines()
+                    if "cannot reach Discord" in line
+                ]
 
-        await discord_emu.wait_for(lambda: len(retries()) >= 2, timeout=30, what="two retries")
-        first, second = retries()[:2]
-        assert f"127.0.0.1:{port}" in first and "connection refused" in first
-        assert "trying again in 1 s" in first and "trying again in 2 s" in second
-        assert process.returncode is None  # still waiting, not crashed
+            await discord_emu.wait_for(lambda: len(retries()) >= 2, timeout=30, what="two retries")
+            first, second = retries()[:2]
+            assert f"127.0.0.1:{port}" in first and "connection refused" in first
+            assert "trying again in 1 s" in first and "trying again in 2 s" in second
+            assert process.returncode is None  # still waiting, not crashed
 
-        async with tcp_relay(port, discord_emu.port):
-            await discord_emu.wait_for(
-                lambda: discord_emu.identifies > 0, timeout=30, what="IDENTIFY"
-            )
-            await discord_emu.wait_until_ready()
-            process.terminate()
-            assert await asyncio.wait_for(process.wait(), 30) == 0
-        assert "Traceback" not in log_path.read_text()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+            async with tcp_relay(sock, discord_emu.port):
+                await discord_emu.wait_for(
+                    lambda: discord_emu.identifies > 0, timeout=30, what="IDENTIFY"
+                )
+                await discord_emu.wait_until_ready()
+                process.terminate()
+                assert await asyncio.wait_for(process.wait(), 30) == 0
+            assert "Traceback" not in log_path.read_text()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
 
 
 async def test_check_online_says_discord_is_unreachable(tmp_path):
@@ -313,8 +312,10 @@ async def test_run_refuses_a_provider_route_without_its_key(tmp_path):
 # --- PostgreSQL ----------------------------------------------------------------
 
 
-async def test_unreachable_postgres_reads_the_same_from_run_migrate_and_quota(tmp_path):
-    url = f"postgresql://bot:pg-secret-pw@127.0.0.1:{free_port()}/imagebot"
+async def test_unreachable_postgres_reads_the_same_from_run_migrate_and_quota(
+    tmp_path, refused_port
+):
+    url = f"postgresql://bot:pg-secret-pw@127.0.0.1:{refused_port}/imagebot"
     env = base_env(tmp_path, DISCORD_TOKEN="MTA.x.y", DATABASE_URL=url)
     lines = set()
     for args in (["run"], ["sync"], ["migrate"], ["quota", "show", "--guild", GUILD]):
@@ -400,11 +401,11 @@ async def test_run_warns_about_an_unknown_setting_and_goes_on(tmp_path, discord_
     assert error.startswith("DISCORD_TOKEN: Discord refused")
 
 
-async def test_migrate_data_to_an_unreachable_server_names_the_to_argument(tmp_path):
+async def test_migrate_data_to_an_unreachable_server_names_the_to_argument(tmp_path, refused_port):
     env = base_env(tmp_path)
     migrated = await run_bot_cli("migrate", env=env, cwd=tmp_path)
     assert migrated.returncode == 0, migrated.stderr
-    url = f"postgresql://bot:pg-secret-pw@127.0.0.1:{free_port()}/imagebot"
+    url = f"postgresql://bot:pg-secret-pw@127.0.0.1:{refused_port}/imagebot"
     result = await run_bot_cli("migrate-data", "--to", url, env=env, cwd=tmp_path)
     line = one_line(result, EXIT_UNAVAILABLE, "--to: cannot connect", "connection refused")
     assert "pg-secret-pw" not in line

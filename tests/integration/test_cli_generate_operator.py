@@ -5,7 +5,6 @@ speaks of the shell (no Discord markup or advice), with exit status 2."""
 from __future__ import annotations
 
 import json
-import socket
 
 from tests.emulators.providers import Garbage
 from tests.integration.test_cli_generate import GUILD, USER, _env, emu, run_cli
@@ -21,12 +20,6 @@ def _one_error_line(stderr: str) -> str:
     assert "Discord" not in stderr and "<t:" not in stderr and "**" not in stderr
     assert "pyvips" not in stderr  # libvips' chatter stays out of the operator's way
     return errors[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_an_out_that_cannot_be_written_is_refused_before_any_provider_call(emu, tmp_path):
@@ -56,10 +49,12 @@ async def test_out_is_created_and_relative_paths_resolve(emu, tmp_path):
     assert stdout.strip().endswith(".png")
 
 
-async def test_a_reference_that_cannot_be_fetched_blames_the_image_argument(emu, tmp_path):
+async def test_a_reference_that_cannot_be_fetched_blames_the_image_argument(
+    emu, tmp_path, refused_port
+):
     env = _env(emu, tmp_path / "data")
     missing = f"{emu.base_url}/refs/never-uploaded.png"
-    unreachable = f"http://127.0.0.1:{_free_port()}/photo.png"
+    unreachable = f"http://127.0.0.1:{refused_port}/photo.png"
     for source, reason in (
         (missing, "the server answered 404"),
         (unreachable, "cannot connect"),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import itertools
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -629,11 +628,8 @@ async def test_submit_timeout_not_resent(emu: ProviderEmulator, session: aiohttp
     assert len(emu.requests_to("text2img")) == 1
 
 
-async def test_connection_refused(session: aiohttp.ClientSession):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    base = f"http://127.0.0.1:{port}{PREFIX}"
+async def test_connection_refused(session: aiohttp.ClientSession, refused_port: int):
+    base = f"http://127.0.0.1:{refused_port}{PREFIX}"
     provider = ModelsLabProvider(make_settings(base, retry_attempts=2), session)
     with pytest.raises(ProviderUnavailable) as info:
         await run(provider, text())
@@ -678,7 +674,10 @@ async def test_untrusted_fetch_result_not_sent_the_key(session: aiohttp.ClientSe
 
 
 async def test_key_never_leaks(
-    emu: ProviderEmulator, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+    emu: ProviderEmulator,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+    refused_port: int,
 ):
     caplog.set_level(logging.DEBUG)
     provider = client(emu, session, retry_attempts=1, request_timeout=0.3, job_deadline=2.0)
@@ -714,11 +713,8 @@ async def test_key_never_leaks(
     with pytest.raises(ReferenceFetchError) as fetch:
         await run(provider, GenerationRequest(mode=Mode.EDIT, prompt="x", references=(bad_ref,)))
     errors.append(fetch.value)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     refused = ModelsLabProvider(
-        make_settings(f"http://127.0.0.1:{port}{PREFIX}", retry_attempts=0), session
+        make_settings(f"http://127.0.0.1:{refused_port}{PREFIX}", retry_attempts=0), session
     )
     with pytest.raises(ProviderUnavailable) as unreachable:
         await run(refused, text())

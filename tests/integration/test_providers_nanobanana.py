@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -412,12 +411,11 @@ async def test_deadline(emu: ProviderEmulator, make_client: Any):
     assert "nothing was charged" in info.value.user_message
 
 
-async def test_connection_refused(session: aiohttp.ClientSession, images: ImageProcessor):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+async def test_connection_refused(
+    session: aiohttp.ClientSession, images: ImageProcessor, refused_port: int
+):
     provider = NanoBananaProvider(
-        make_settings(f"http://127.0.0.1:{port}", retry_attempts=1), session, images
+        make_settings(f"http://127.0.0.1:{refused_port}", retry_attempts=1), session, images
     )
     with pytest.raises(ProviderUnavailable) as info:
         await run(provider, text())
