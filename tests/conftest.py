@@ -2,7 +2,10 @@
 
 PostgreSQL tests need ``TEST_DATABASE_URL`` (CI sets it) and are skipped
 without it. Each test gets a schema of its own on that database, dropped
-afterwards, so tests run in any order and a re-run starts clean.
+afterwards, so tests run in any order and a re-run starts clean. Under
+pytest-xdist each worker works in a database of its own beside it (``test_gw0``
+for ``test`` ...), created on first use: the migrations' advisory lock and the
+server's per-database state are then never shared between workers.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiosqlite
 import asyncpg  # type: ignore[import-untyped]
@@ -35,7 +38,37 @@ BACKENDS = ("sqlite", "postgresql")
 
 
 def pg_base_url() -> str | None:
-    return os.environ.get("TEST_DATABASE_URL") or None
+    """The database this process's tests make their schemas in: the one of
+    ``TEST_DATABASE_URL``, or under pytest-xdist the worker's own beside it."""
+    base = os.environ.get("TEST_DATABASE_URL") or None
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if base is None or not worker:
+        return base
+    if base not in _worker_urls:
+        _worker_urls[base] = run_sync(worker_database(base, worker))
+    return _worker_urls[base]
+
+
+_worker_urls: dict[str, str] = {}
+
+
+async def worker_database(base_url: str, worker: str) -> str:
+    """The URL of the database ``<name>_<worker>`` on ``base_url``'s server,
+    created there unless it exists."""
+    parts = urlsplit(base_url)
+    name = f"{parts.path.lstrip('/') or 'test'}_{worker}"
+    if not re.fullmatch(r"\w+", name):
+        raise ValueError(f"cannot derive a worker database name from {base_url!r}")
+    conn = await asyncpg.connect(base_url)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                # template0 takes no connections: never "in use by other users".
+                await conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
+    finally:
+        await conn.close()
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
