@@ -62,12 +62,32 @@ def make_settings(
     return Settings(_env_file=None, **values)
 
 
+# discord.py announces READY only once no GUILD_CREATE has come for
+# guild_ready_timeout (2 s by default, a pause sized for Discord's pace): two of
+# every in-process start's seconds went there. The emulator sends all of a
+# shard's GUILD_CREATEs straight after READY, so the bots started here listen
+# for a much shorter pause, and running_bot then waits until the bot holds every
+# guild the emulator sent it: a guild arriving after a load-stretched pause is
+# still in the cache before any test acts (the bot itself never waits for READY).
+GUILD_READY_TIMEOUT = 0.1
+
+
+def _has_every_guild(bot: ImageBot, discord_emu: DiscordEmulator) -> bool:
+    shards = set(bot.shard_ids) if bot.shard_ids is not None else set(range(bot.shard_count or 1))
+    return all(
+        bot.get_guild(guild_id) is not None
+        for guild_id in discord_emu.guilds
+        if discord_emu.shard_for(guild_id) in shards
+    )
+
+
 @contextlib.asynccontextmanager
 async def running_bot(settings: Settings, discord_emu: DiscordEmulator) -> AsyncIterator[ImageBot]:
     saved_base = discord.http.Route.BASE
     saved_gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
     try:
         async with open_bot(settings) as bot:
+            bot._connection.guild_ready_timeout = GUILD_READY_TIMEOUT
             token = settings.discord_token
             assert token is not None
             task = asyncio.create_task(bot.start(token.get_secret_value()))
@@ -82,6 +102,10 @@ async def running_bot(settings: Settings, discord_emu: DiscordEmulator) -> Async
                     ready.cancel()
                     raise AssertionError("the bot did not become ready within 20 s")
                 await discord_emu.wait_until_ready()
+                await discord_emu.wait_for(
+                    lambda: _has_every_guild(bot, discord_emu),
+                    what="every guild cached",
+                )
                 yield bot
             finally:
                 await bot.close()
