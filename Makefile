@@ -50,8 +50,15 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
+# The suite mostly waits (emulators on loopback, bot processes, lease and grace
+# timers) rather than computes, so it runs on more workers than there are cores;
+# `make test PYTEST_WORKERS=0` runs it in one process, as plain `pytest` does.
+# worksteal: a worker that runs out of tests takes some of a busy one's, so a few
+# long tests (the Docker build, the chaos run) do not leave the end on one worker.
+PYTEST_WORKERS ?= 4
+
 unit: $(DEV_STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 test: lint typecheck unit
 
