@@ -176,3 +176,26 @@ def ledger_db(request: pytest.FixtureRequest, tmp_path: Path) -> LedgerDb:
     if request.param == "sqlite":
         return sqlite_db(tmp_path / "quota.db")
     return LedgerDb("postgresql", request.getfixturevalue("pg_url"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, each test marked ``slow`` goes to the head of a worker's share.
+
+    ``make test`` runs ``--dist worksteal``: the collection is cut into one
+    contiguous share per worker, and an idle worker takes tests from the end of a
+    busy one's queue, never its head. A slow test deep in a share would start late
+    and end the run alone; at the head of a share it starts at once, beside the
+    other slow ones. Every worker reorders its collection the same way, as xdist
+    requires, and a run without workers keeps the files' order.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if workers < 2 or not slow:
+        return
+    ordered = [item for item in items if item.get_closest_marker("slow") is None]
+    share = len(items) // workers
+    # The k-th slow test opens share k % workers (after any earlier ones there).
+    places = [((k % workers) * share + k // workers, item) for k, item in enumerate(slow)]
+    for place, item in sorted(places, key=lambda pair: pair[0]):
+        ordered.insert(place, item)
+    items[:] = ordered

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.conftest import MEMBER_PERMISSIONS, process_env
 from tests.e2e.test_generation import answer_of, is_final, opt
 from tests.e2e.test_restart import BotProcess
@@ -82,6 +84,7 @@ def _prompt_of(request: Any) -> str | None:
     return str(values[0]) if values else None
 
 
+@pytest.mark.slow
 async def test_jobs_survive_random_kills_and_new_containers(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     rename = _can_rename_host()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
 from tests.e2e.conftest import make_settings, running_bot
 from tests.e2e.test_generation import is_final, opt
 from tests.emulators.discord import DiscordEmulator
@@ -16,6 +18,7 @@ MEMBERS_PER_GUILD = 5
 SPREAD_SECONDS = 10.0
 
 
+@pytest.mark.slow
 async def test_load_every_job_delivered_or_refunded_and_ledger_balanced(tmp_path):
     rng = random.Random(20261121)
     behaviours: list[Behaviour] = []
