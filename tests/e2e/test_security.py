@@ -48,6 +48,10 @@ async def test_no_secret_in_any_log_line_or_file_written(tmp_path):
             "POLL_MAX": "0.1",
             "RETRY_BACKOFF_MAX": "0.05",
             "RETRY_ATTEMPTS": "1",
+            # The four jobs below are one member's, sent without waiting: with the
+            # default limit of two at a time the third could be refused before it
+            # reached the provider whose scripted 401 it is meant to meet.
+            "MAX_JOBS_IN_FLIGHT_PER_USER": "4",
         }
         log = tmp_path / "bot.log"
         bot = BotProcess(env, tmp_path, log)
@@ -86,6 +90,8 @@ async def test_no_secret_in_any_log_line_or_file_written(tmp_path):
             for interaction in interactions:
                 await interaction.wait_for(lambda r: is_final(answer_of(r)), timeout=30)
             assert len(results_in(discord_emu, channel)) == 0  # all answered in place
+            # Each scripted failure met the job it was written for.
+            assert not emu.pending_script("text2img") and not emu.pending_script("nbpro")
         finally:
             await bot.stop()
 
