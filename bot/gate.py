@@ -71,10 +71,8 @@ async def open_gate(
     ban: Awaitable[Ban | None] | None = None,
 ) -> Gate:
     """The gate for ``user_id`` in ``guild_id``; ``ban`` is the ledger's lookup,
-    awaited alongside the store's reads."""
+    awaited alongside the store's reads (none in a direct message)."""
     if guild_id is None:
-        if ban is not None:
-            await ban
         return Gate(None, Blocklist.from_texts([]), Preferences(), False, frozenset(), None)
     reads = db.fetch_many(
         [

@@ -115,6 +115,13 @@ def _result_mime(image: ResultImage) -> str:
     return mime
 
 
+def _goes_as_it_is(
+    image: ResultImage, max_bytes: int, box: tuple[int, int] | None, thumb: pyvips.Image | None
+) -> bool:
+    """The original fits and no grid cell is to be made from it: nothing to decode."""
+    return image.nbytes <= max_bytes and (box is None or thumb is not None)
+
+
 def _prepare_upload(
     image: ResultImage,
     number: int,
@@ -128,9 +135,9 @@ def _prepare_upload(
     original goes as it is. With ``keep_size``, no upload when only a downscale
     would fit ``max_bytes`` (not an exception: its traceback would keep the decoded
     pixels alive until a collection), yet the cell, for the plan made instead."""
-    fits = image.nbytes <= max_bytes
-    if fits and (box is None or thumb is not None):
+    if _goes_as_it_is(image, max_bytes, box, thumb):
         return _original_file(image, number), thumb
+    fits = image.nbytes <= max_bytes
     mime = _result_mime(image)
     encoded = _encoded(image)
     try:

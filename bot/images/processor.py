@@ -38,6 +38,7 @@ from bot.images.planning import (
     GRID_MAX_SIDE,
     UploadFile,
     _compose_grid,
+    _goes_as_it_is,
     _grid_layout,
     _grid_thumbnail,
     _pack,
@@ -372,9 +373,8 @@ class ImageProcessor:
         keep_size: bool,
         thumb: pyvips.Image | None,
     ) -> tuple[UploadFile | None, pyvips.Image | None]:
-        if image.nbytes <= max_bytes and (box is None or thumb is not None):
-            # The original goes as it is and no cell is to be made: nothing to
-            # decode, so no pool thread is woken for it (the common single image).
+        if _goes_as_it_is(image, max_bytes, box, thumb):
+            # No pool thread is woken for it (the common single image).
             return _prepare_upload(image, number, max_bytes, box, keep_size, thumb)
         return await self._run(_prepare_upload, image, number, max_bytes, box, keep_size, thumb)
 

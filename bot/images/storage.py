@@ -89,19 +89,8 @@ class ImageStore:
     def _write(self, job_id: str, index: int, image: ResultImage) -> Path:
         if image.data is None:
             raise ValueError("an image without its bytes is kept already")
-        final = self._path(job_id, index, image.mime)
-        job_dir = final.parent
-        try:
-            created = _make_private_dir(job_dir)
-        except FileNotFoundError:
-            # First save, or the root was removed: the root only now, not every time.
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            created = _make_private_dir(job_dir)
-        ext = final.suffix[1:]
         # Write then rename: a crash never leaves a half file under the final name.
-        tmp = job_dir / f".{index}.{uuid.uuid4().hex}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(tmp, flags, 0o600)
+        fd, tmp, created = self._open_temp(job_id, index)
         try:
             try:
                 view = memoryview(image.data)
@@ -109,16 +98,38 @@ class ImageStore:
                     view = view[os.write(fd, view) :]
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
+            return self._put_in_place(tmp, job_id, index, image.mime, created=created)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+    def _open_temp(self, job_id: str, index: int) -> tuple[int, Path, bool]:
+        """A new hidden file in the job's folder: (descriptor, path, whether the
+        folder was made just now)."""
+        job_dir = self.root / job_id
+        try:
+            created = _make_private_dir(job_dir)
+        except FileNotFoundError:
+            # First save, or the root was removed: the root only now, not every time.
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            created = _make_private_dir(job_dir)
+        tmp = job_dir / f".{index}.{uuid.uuid4().hex}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        return os.open(tmp, flags, 0o600), tmp, created
+
+    def _put_in_place(
+        self, tmp: Path, job_id: str, index: int, mime: str, *, created: bool
+    ) -> Path:
+        """``tmp`` under the original's final name (``_path``)."""
+        final = self._path(job_id, index, mime)
+        os.replace(tmp, final)
         if not created:
+            ext = final.suffix[1:]
             for other in set(_EXT.values()) - {ext}:
                 # A re-save in another format must not leave the old one for load() to find.
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(job_dir / f"{index}.{other}")
+                    os.unlink(final.parent / f"{index}.{other}")
         return final
 
     def incoming(self, job_id: str, index: int) -> Incoming:
@@ -127,17 +138,6 @@ class ImageStore:
         if self.retention_days == 0:
             raise ValueError("nothing is kept with retention 0")
         return Incoming(self, job_id, index)
-
-    def _open_incoming(self, job_id: str, index: int) -> tuple[int, Path, bool]:
-        job_dir = self.root / job_id
-        try:
-            created = _make_private_dir(job_dir)
-        except FileNotFoundError:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            created = _make_private_dir(job_dir)
-        tmp = job_dir / f".{index}.{uuid.uuid4().hex}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        return os.open(tmp, flags, 0o600), tmp, created
 
     async def load(self, job_id: str, index: int) -> ResultImage | None:
         """The stored original, or None if it was never kept or has been swept."""
@@ -254,7 +254,7 @@ class Incoming:
 
     def _write(self, pieces: list[bytes]) -> None:
         if self._fd is None:
-            self._fd, self._tmp, self._created = self._store._open_incoming(self.job_id, self.index)
+            self._fd, self._tmp, self._created = self._store._open_temp(self.job_id, self.index)
         for piece in pieces:
             view = memoryview(piece)
             while view:
@@ -282,15 +282,10 @@ class Incoming:
 
     def _install(self, mime: str) -> Path:
         assert self._tmp is not None and self._fd is None
-        final = self._store._path(self.job_id, self.index, mime)
-        os.replace(self._tmp, final)
+        final = self._store._put_in_place(
+            self._tmp, self.job_id, self.index, mime, created=self._created
+        )
         self._tmp = None
-        if not self._created:
-            ext = final.suffix[1:]
-            for other in set(_EXT.values()) - {ext}:
-                # A re-save in another format must not leave the old one for load() to find.
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(final.parent / f"{self.index}.{other}")
         return final
 
     def discard(self) -> None:

@@ -112,6 +112,21 @@ async def imagine(world: World, prompt: str = "a red fox", **options: object):
     )
 
 
+async def edit_photo(world: World, prompt: str = "make it winter"):
+    """/edit of a 640×480 photo the member attached: the interaction and the attachment."""
+    png = await asyncio.to_thread(make_png, 640, 480)
+    attachment = world.discord.add_attachment(world.channel_id, png, "photo.png", "image/png")
+    interaction = await world.discord.slash(
+        "edit",
+        guild_id=world.guild_id,
+        channel_id=world.channel_id,
+        user_id=world.member_id,
+        options=[opt("image", attachment["id"], 11), opt("prompt", prompt)],
+        attachments={"image": attachment},
+    )
+    return interaction, attachment
+
+
 async def test_commands_are_registered(world: World):
     names = {command["name"] for command in world.discord.registered_commands()}
     assert {"imagine", "edit", "blend", "quota", "Edit image", "Blend images"} <= names
@@ -204,16 +219,7 @@ async def test_a_quick_job_goes_straight_to_its_result(world: World):
 
 
 async def test_edit_uses_the_attachment_as_reference(world: World):
-    png = await asyncio.to_thread(make_png, 640, 480)
-    attachment = world.discord.add_attachment(world.channel_id, png, "photo.png", "image/png")
-    interaction = await world.discord.slash(
-        "edit",
-        guild_id=world.guild_id,
-        channel_id=world.channel_id,
-        user_id=world.member_id,
-        options=[opt("image", attachment["id"], 11), opt("prompt", "make it winter")],
-        attachments={"image": attachment},
-    )
+    interaction, attachment = await edit_photo(world)
     message = await final(interaction, within=20)
     assert message.embeds[0]["title"] == "Edit"
     assert len(message.attachments) == 1

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 from tests.e2e.conftest import World
-from tests.e2e.test_generation import MODAL, final, job_id_of, opt
-from tests.emulators.providers import make_png
+from tests.e2e.test_generation import MODAL, edit_photo, final, job_id_of
 
 LIFETIME = 600.0  # Discord's is about a day; the test's CDN signs for ten minutes
 
 
 async def _edit_result(world: World):
-    png = await asyncio.to_thread(make_png, 640, 480)
-    attachment = world.discord.add_attachment(world.channel_id, png, "photo.png", "image/png")
-    interaction = await world.discord.slash(
-        "edit",
-        guild_id=world.guild_id,
-        channel_id=world.channel_id,
-        user_id=world.member_id,
-        options=[opt("image", attachment["id"], 11), opt("prompt", "make it winter")],
-        attachments={"image": attachment},
-    )
+    interaction, attachment = await edit_photo(world)
     result = await final(interaction)
     assert result.embeds, result.content
     return result, attachment["url"]
