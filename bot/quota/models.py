@@ -121,6 +121,19 @@ class Totals:
 
 
 @dataclass(frozen=True, slots=True)
+class Adjustments:
+    """What moderators changed in a period: credits granted to the pool and to
+    one member, and the reset marks of each (the highest ``after_entry_id``,
+    0 where there was no reset). Read together, in one statement, because a
+    reservation needs all four."""
+
+    pool_granted: int = 0
+    member_granted: int = 0
+    pool_mark: int = 0
+    member_mark: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Balance:
     """Where a pool or a member stands in the current period.
 

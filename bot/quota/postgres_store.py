@@ -30,6 +30,7 @@ from bot.migrate import (
     pg_errors,
 )
 from bot.quota.models import (
+    Adjustments,
     Ban,
     Entry,
     EntryState,
@@ -42,6 +43,7 @@ from bot.quota.models import (
 )
 from bot.quota.periods import parse_period
 from bot.quota.rows import RowMapper
+from bot.quota.store import ANYONE, Holder
 
 T = TypeVar("T")
 
@@ -85,6 +87,15 @@ def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("datetimes stored in the ledger must be timezone-aware")
     return value
+
+
+def _held_by(holder: Holder, number: int) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause (and its parameter, ``$number``) of an update for ``holder`` only."""
+    if holder is ANYONE:
+        return "", ()
+    if holder is None:
+        return " AND owner_instance IS NULL", ()
+    return f" AND (owner_instance IS NULL OR owner_instance = ${number})", (holder,)
 
 
 class PostgresTx:
@@ -305,24 +316,32 @@ class PostgresTx:
         cost_settled: int | None,
         reason: str | None,
         now: datetime,
+        *,
+        holder: Holder,
     ) -> bool:
+        held, params = _held_by(holder, 6)
+        # LEAST() skips NULLs: a refund's NULL must stay NULL, not become the hold.
         count = await self._run(
-            "UPDATE quota_entries SET state = $1, cost_settled = $2, reason = $3, updated_at = $4"
-            " WHERE reservation_id = $5 AND state = 'reserved'",
+            "UPDATE quota_entries SET state = $1, cost_settled ="  # noqa: S608 - a constant clause
+            " CASE WHEN $2::integer IS NULL THEN NULL ELSE LEAST($2::integer, cost_reserved) END,"
+            f" reason = $3, updated_at = $4 WHERE reservation_id = $5 AND state = 'reserved'{held}",
             state,
             cost_settled,
             reason,
             _utc(now),
             reservation_id,
+            *params,
         )
         return count > 0
 
-    async def mark_delivering(self, reservation_id: str, now: datetime) -> bool:
+    async def mark_delivering(self, reservation_id: str, now: datetime, *, holder: Holder) -> bool:
+        held, params = _held_by(holder, 3)
         count = await self._run(
-            "UPDATE quota_entries SET delivering = 1, updated_at = $1"
-            " WHERE reservation_id = $2 AND state = 'reserved'",
+            "UPDATE quota_entries SET delivering = 1, updated_at = $1"  # noqa: S608 - a constant clause
+            f" WHERE reservation_id = $2 AND state = 'reserved'{held}",
             _utc(now),
             reservation_id,
+            *params,
         )
         return count > 0
 
@@ -458,19 +477,6 @@ class PostgresTx:
         )
         return _grant(row)
 
-    async def granted(
-        self, guild_id: str, user_id: str | None, start: datetime, end: datetime
-    ) -> int:
-        # IS NOT DISTINCT FROM: NULL (the pool) matches NULL.
-        return await self._int(
-            "SELECT COALESCE(SUM(credits), 0) FROM quota_grants WHERE guild_id = $1"
-            " AND period_start >= $2 AND period_start < $3 AND user_id IS NOT DISTINCT FROM $4",
-            guild_id,
-            _utc(start),
-            _utc(end),
-            user_id,
-        )
-
     async def grants(self, guild_id: str | None = None) -> list[Grant]:
         if guild_id is None:
             rows = await self._all("SELECT * FROM quota_grants ORDER BY id")
@@ -503,16 +509,29 @@ class PostgresTx:
         )
         return _reset(row)
 
-    async def reset_mark(
+    # A member id never equals NULL, so with user_id None the member's two are 0.
+    _ADJUSTMENTS = (
+        "SELECT"
+        " (SELECT COALESCE(SUM(credits), 0) FROM quota_grants WHERE guild_id = $1"
+        "  AND period_start >= $2 AND period_start < $3 AND user_id IS NULL),"
+        " (SELECT COALESCE(SUM(credits), 0) FROM quota_grants WHERE guild_id = $1"
+        "  AND period_start >= $2 AND period_start < $3 AND user_id = $4),"
+        " (SELECT COALESCE(MAX(after_entry_id), 0) FROM quota_resets WHERE guild_id = $1"
+        "  AND period_start >= $2 AND period_start < $3 AND user_id IS NULL),"
+        " (SELECT COALESCE(MAX(after_entry_id), 0) FROM quota_resets WHERE guild_id = $1"
+        "  AND period_start >= $2 AND period_start < $3 AND user_id = $4)"
+    )
+
+    async def adjustments(
         self, guild_id: str, user_id: str | None, start: datetime, end: datetime
-    ) -> int:
-        return await self._int(
-            "SELECT COALESCE(MAX(after_entry_id), 0) FROM quota_resets WHERE guild_id = $1"
-            " AND period_start >= $2 AND period_start < $3 AND user_id IS NOT DISTINCT FROM $4",
-            guild_id,
-            _utc(start),
-            _utc(end),
-            user_id,
+    ) -> Adjustments:
+        row = await self._one(self._ADJUSTMENTS, guild_id, _utc(start), _utc(end), user_id)
+        assert row is not None
+        return Adjustments(
+            pool_granted=int(row[0]),
+            member_granted=int(row[1]),
+            pool_mark=int(row[2]),
+            member_mark=int(row[3]),
         )
 
     async def resets(self, guild_id: str | None = None) -> list[ResetMarker]:

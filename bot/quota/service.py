@@ -31,10 +31,12 @@ from bot.migrate import is_postgres_url
 from bot.quota.base import Reservation
 from bot.quota.models import (
     THRESHOLDS,
+    Adjustments,
     Balance,
     Balances,
     Ban,
     Entry,
+    EntryState,
     Grant,
     GuildConfig,
     JobInfo,
@@ -48,7 +50,7 @@ from bot.quota.models import (
 from bot.quota.periods import PERIOD_WORDS, Period, parse_period, period_bounds, utc_day_bounds
 from bot.quota.periods import zone as check_zone
 from bot.quota.sqlite_store import SqliteLedgerStore
-from bot.quota.store import BUDGET_SCOPE, LedgerStore, LedgerTx, guild_scope, user_scope
+from bot.quota.store import ANYONE, BUDGET_SCOPE, LedgerStore, LedgerTx, guild_scope, user_scope
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -207,11 +209,18 @@ class QuotaService:
         start, end = period_bounds(config.period, config.timezone, now)
         return _Scope(config, start, end)
 
-    async def _pool(self, tx: LedgerTx, scope: _Scope) -> tuple[int, Totals]:
-        guild_id = scope.config.guild_id
-        limit = scope.config.pool_credits + await tx.granted(guild_id, None, scope.start, scope.end)
-        mark = await tx.reset_mark(guild_id, None, scope.start, scope.end)
-        totals = await tx.totals(guild_id, None, scope.start, scope.end, mark)
+    async def _adjustments(
+        self, tx: LedgerTx, scope: _Scope, user_id: str | None = None
+    ) -> Adjustments:
+        return await tx.adjustments(scope.config.guild_id, user_id, scope.start, scope.end)
+
+    async def _pool(
+        self, tx: LedgerTx, scope: _Scope, moderated: Adjustments
+    ) -> tuple[int, Totals]:
+        limit = scope.config.pool_credits + moderated.pool_granted
+        totals = await tx.totals(
+            scope.config.guild_id, None, scope.start, scope.end, moderated.pool_mark
+        )
         return limit, totals
 
     async def _allowance(
@@ -236,18 +245,20 @@ class QuotaService:
         return config.user_default
 
     async def _user(
-        self, tx: LedgerTx, scope: _Scope, user_id: str, roles: Sequence[str]
+        self,
+        tx: LedgerTx,
+        scope: _Scope,
+        user_id: str,
+        roles: Sequence[str],
+        moderated: Adjustments,
     ) -> tuple[int | None, Totals]:
-        guild_id = scope.config.guild_id
         allowance = await self._allowance(tx, scope.config, user_id, roles)
-        mark = max(
-            await tx.reset_mark(guild_id, None, scope.start, scope.end),
-            await tx.reset_mark(guild_id, user_id, scope.start, scope.end),
-        )
-        totals = await tx.totals(guild_id, user_id, scope.start, scope.end, mark)
+        # A reset of the whole pool resets every member's count too.
+        mark = max(moderated.pool_mark, moderated.member_mark)
+        totals = await tx.totals(scope.config.guild_id, user_id, scope.start, scope.end, mark)
         if allowance is None:
             return None, totals
-        return allowance + await tx.granted(guild_id, user_id, scope.start, scope.end), totals
+        return allowance + moderated.member_granted, totals
 
     @staticmethod
     def _balance(limit: int | None, totals: Totals, scope: _Scope) -> Balance:
@@ -269,7 +280,9 @@ class QuotaService:
         pool: tuple[int, Totals] | None = None,
     ) -> list[ThresholdEvent]:
         """``pool``: the pool's limit and totals if the caller knows them already."""
-        limit, totals = await self._pool(tx, scope) if pool is None else pool
+        if pool is None:
+            pool = await self._pool(tx, scope, await self._adjustments(tx, scope))
+        limit, totals = pool
         events: list[ThresholdEvent] = []
         if limit <= 0:
             return events
@@ -404,7 +417,8 @@ class QuotaService:
                     limit="in_flight",
                 )
 
-            user_limit, user_totals = await self._user(tx, scope, user_id, roles)
+            moderated = await self._adjustments(tx, scope, user_id)
+            user_limit, user_totals = await self._user(tx, scope, user_id, roles, moderated)
             user_remaining: int | None = None
             if user_limit is not None:
                 user_remaining = max(0, user_limit - user_totals.total)
@@ -417,7 +431,7 @@ class QuotaService:
                         resets_at=scope.end,
                     )
 
-            pool_limit, pool_totals = await self._pool(tx, scope)
+            pool_limit, pool_totals = await self._pool(tx, scope, moderated)
             pool_remaining = max(0, pool_limit - pool_totals.total)
             if cost > pool_remaining:
                 if pool_remaining == 0:
@@ -487,52 +501,44 @@ class QuotaService:
         return reservation
 
     async def _finish(
-        self, reservation: Reservation, state: str, actual_cost: int | None, reason: str | None
+        self,
+        reservation: Reservation,
+        state: EntryState,
+        actual_cost: int | None,
+        reason: str | None,
     ) -> bool:
         async def run(tx: LedgerTx) -> tuple[bool, list[ThresholdEvent]]:
-            now = self.now()
+            # The update decides alone in the usual case; the entry is read only
+            # to say why it did not apply.
+            if await tx.finish_entry(
+                reservation.id, state, actual_cost, reason, self.now(), holder=self.instance
+            ):
+                if actual_cost is not None and actual_cost > reservation.cost:
+                    logger.warning(
+                        "reservation %s settled at %d credits but held %d; charging %d",
+                        reservation.id,
+                        actual_cost,
+                        reservation.cost,
+                        reservation.cost,
+                    )
+                # Thresholds count held credits too, so a settle (never above the
+                # hold) or a refund cannot cross one: no need to recount the pool.
+                return True, []
             entry = await tx.entry_by_reservation(reservation.id)
             if entry is None:
                 logger.warning("%s of unknown reservation %s ignored", state, reservation.id)
-                return False, []
-            if entry.owner is not None and entry.owner != self.instance:
+            elif entry.owner is not None and entry.owner != self.instance:
                 # Adopted by another process after this one's lease ran out.
                 raise LeaseLost(reservation.id)
-            if entry.state != "reserved":
+            else:
+                # Settled, refunded or swept already, by this process or another.
                 logger.info(
                     "%s of reservation %s ignored: it is already %s",
                     "settle" if state == "settled" else "refund",
-                    entry.reservation_id,
+                    reservation.id,
                     entry.state,
                 )
-                return False, []
-            if state == "settled":
-                assert actual_cost is not None
-                charge = actual_cost
-                if charge > entry.cost_reserved:
-                    logger.warning(
-                        "reservation %s settled at %d credits but held %d; charging %d",
-                        entry.reservation_id,
-                        charge,
-                        entry.cost_reserved,
-                        entry.cost_reserved,
-                    )
-                    charge = entry.cost_reserved
-                changed = await tx.finish_entry(
-                    entry.reservation_id, "settled", charge, reason, now
-                )
-            else:
-                changed = await tx.finish_entry(entry.reservation_id, "refunded", None, reason, now)
-            if not changed:
-                # Settled, refunded or swept by another process since the read
-                # above (no scope lock is taken here).
-                logger.info(
-                    "%s of reservation %s ignored: it was just finished", state, reservation.id
-                )
-                return False, []
-            # Thresholds count held credits too, so a settle (never above the hold)
-            # or a refund cannot cross one: no need to recount the pool here.
-            return True, []
+            return False, []
 
         changed, events = await self.store.write(run)
         await self._fire(events)
@@ -545,14 +551,15 @@ class QuotaService:
         for it). The credits stay held until ``settle``."""
 
         async def run(tx: LedgerTx) -> None:
+            if await tx.mark_delivering(reservation.id, self.now(), holder=self.instance):
+                return
             entry = await tx.entry_by_reservation(reservation.id)
             if entry is not None and entry.owner is not None and entry.owner != self.instance:
                 raise LeaseLost(reservation.id)
-            if entry is None or not await tx.mark_delivering(reservation.id, self.now()):
-                raise DeliveryError(
-                    "The hold on your credits ended before your images could be posted, "
-                    "so they were not posted and nothing was charged. Please try again."
-                )
+            raise DeliveryError(
+                "The hold on your credits ended before your images could be posted, "
+                "so they were not posted and nothing was charged. Please try again."
+            )
 
         await self.store.write(run)
 
@@ -560,7 +567,7 @@ class QuotaService:
         if actual_cost < 0:
             raise ValueError(f"actual_cost must be 0 or more, not {actual_cost}")
         if await self._finish(reservation, "settled", actual_cost, None):
-            self.observer.credits_charged(actual_cost)
+            self.observer.credits_charged(min(actual_cost, reservation.cost))
 
     async def refund(self, reservation: Reservation, reason: str) -> None:
         if await self._finish(reservation, "refunded", None, reason):
@@ -587,7 +594,9 @@ class QuotaService:
         async def run(tx: LedgerTx) -> list[tuple[Entry, str]]:
             done = []
             for entry, reason in chosen:
-                if await tx.finish_entry(entry.reservation_id, "refunded", None, reason, when):
+                if await tx.finish_entry(
+                    entry.reservation_id, "refunded", None, reason, when, holder=ANYONE
+                ):
                     done.append((entry, reason))
             return done
 
@@ -779,11 +788,12 @@ class QuotaService:
     ) -> Balances:
         async def run(tx: LedgerTx) -> Balances:
             scope = await self._scope(tx, guild_id, self.now())
-            pool_limit, pool_totals = await self._pool(tx, scope)
+            moderated = await self._adjustments(tx, scope, user_id)
+            pool_limit, pool_totals = await self._pool(tx, scope, moderated)
             guild = self._balance(pool_limit, pool_totals, scope)
             if user_id is None:
                 return Balances(guild=guild)
-            user_limit, user_totals = await self._user(tx, scope, user_id, roles)
+            user_limit, user_totals = await self._user(tx, scope, user_id, roles, moderated)
             return Balances(guild=guild, user=self._balance(user_limit, user_totals, scope))
 
         return await self.store.read(run)

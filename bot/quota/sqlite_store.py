@@ -25,6 +25,7 @@ import aiosqlite
 from bot import sqlite_worker
 from bot.migrate import BUSY_TIMEOUT_MS, MIGRATIONS_DIR, apply_migrations, prepare_connection
 from bot.quota.models import (
+    Adjustments,
     Ban,
     Entry,
     EntryState,
@@ -37,6 +38,7 @@ from bot.quota.models import (
 )
 from bot.quota.periods import parse_period
 from bot.quota.rows import RowMapper
+from bot.quota.store import ANYONE, Holder
 from bot.sqlite_worker import SqliteWorker
 
 T = TypeVar("T")
@@ -76,6 +78,15 @@ _ENTRY_COLUMNS = (
 
 _ROWS = RowMapper(from_db)
 _entry, _grant, _reset, _ban = _ROWS.entry, _ROWS.grant, _ROWS.reset, _ROWS.ban
+
+
+def _held_by(holder: Holder) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause (and its parameters) of an update for ``holder`` only."""
+    if holder is ANYONE:
+        return "", ()
+    if holder is None:
+        return " AND owner_instance IS NULL", ()
+    return " AND (owner_instance IS NULL OR owner_instance = ?)", (holder,)
 
 
 class SqliteTx:
@@ -258,8 +269,9 @@ class SqliteTx:
         return None if row is None else _entry(row)
 
     async def insert_entry(self, entry: NewEntry) -> Entry:
-        stamp = self._db(entry.created_at)
-        self._run(
+        created = self._db(entry.created_at)
+        period_start = self._db(entry.period_start)
+        entry_id = self._insert(
             "INSERT INTO quota_entries (reservation_id, guild_id, user_id, channel_id, job_id,"
             " idempotency_key, mode, prompt, cost_reserved, state, period_start, created_at,"
             " updated_at, owner_instance)"
@@ -274,15 +286,35 @@ class SqliteTx:
                 entry.mode,
                 entry.prompt,
                 entry.cost,
-                self._db(entry.period_start),
-                stamp,
-                stamp,
+                period_start,
+                created,
+                created,
                 entry.owner,
             ),
         )
-        stored = await self.entry_by_reservation(entry.reservation_id)
-        assert stored is not None
-        return stored
+        # Built from what was written rather than read back (one statement fewer
+        # on every reservation); the times as the column holds them, to the
+        # microsecond in UTC, so it equals what a later read returns.
+        created_at = from_db(created)
+        return Entry(
+            id=entry_id,
+            reservation_id=entry.reservation_id,
+            guild_id=entry.guild_id,
+            user_id=entry.user_id,
+            channel_id=entry.channel_id,
+            job_id=entry.job_id,
+            idempotency_key=entry.idempotency_key,
+            mode=entry.mode,
+            prompt=entry.prompt,
+            cost_reserved=entry.cost,
+            cost_settled=None,
+            state="reserved",
+            reason=None,
+            period_start=from_db(period_start),
+            created_at=created_at,
+            updated_at=created_at,
+            owner=entry.owner,
+        )
 
     async def finish_entry(
         self,
@@ -291,19 +323,24 @@ class SqliteTx:
         cost_settled: int | None,
         reason: str | None,
         now: datetime,
+        *,
+        holder: Holder,
     ) -> bool:
+        held, params = _held_by(holder)
+        # MIN() of NULL is NULL: a refund charges nothing.
         count = self._run(
-            "UPDATE quota_entries SET state = ?, cost_settled = ?, reason = ?, updated_at = ?"
-            " WHERE reservation_id = ? AND state = 'reserved'",
-            (state, cost_settled, reason, self._db(now), reservation_id),
+            "UPDATE quota_entries SET state = ?, cost_settled = MIN(?, cost_reserved),"  # noqa: S608 - a constant clause
+            f" reason = ?, updated_at = ? WHERE reservation_id = ? AND state = 'reserved'{held}",
+            (state, cost_settled, reason, self._db(now), reservation_id, *params),
         )
         return count > 0
 
-    async def mark_delivering(self, reservation_id: str, now: datetime) -> bool:
+    async def mark_delivering(self, reservation_id: str, now: datetime, *, holder: Holder) -> bool:
+        held, params = _held_by(holder)
         count = self._run(
-            "UPDATE quota_entries SET delivering = 1, updated_at = ?"
-            " WHERE reservation_id = ? AND state = 'reserved'",
-            (self._db(now), reservation_id),
+            "UPDATE quota_entries SET delivering = 1, updated_at = ?"  # noqa: S608 - a constant clause
+            f" WHERE reservation_id = ? AND state = 'reserved'{held}",
+            (self._db(now), reservation_id, *params),
         )
         return count > 0
 
@@ -436,20 +473,6 @@ class SqliteTx:
         assert row is not None
         return _grant(row)
 
-    async def granted(
-        self, guild_id: str, user_id: str | None, start: datetime, end: datetime
-    ) -> int:
-        who = "user_id IS NULL" if user_id is None else "user_id = ?"
-        params: list[Any] = [guild_id, self._db(start), self._db(end)]
-        if user_id is not None:
-            params.append(user_id)
-        row = self._one(
-            "SELECT COALESCE(SUM(credits), 0) AS n FROM quota_grants"  # noqa: S608 - constant
-            f" WHERE guild_id = ? AND period_start >= ? AND period_start < ? AND {who}",
-            params,
-        )
-        return 0 if row is None else int(row["n"])
-
     async def grants(self, guild_id: str | None = None) -> list[Grant]:
         if guild_id is None:
             rows = self._all("SELECT * FROM quota_grants ORDER BY id")
@@ -479,19 +502,37 @@ class SqliteTx:
         assert row is not None
         return _reset(row)
 
-    async def reset_mark(
+    # A member id never matches NULL, so with user_id None the member's two are 0.
+    _ADJUSTMENTS = (
+        "SELECT"
+        " (SELECT COALESCE(SUM(credits), 0) FROM quota_grants WHERE guild_id = :guild"
+        "  AND period_start >= :start AND period_start < :end AND user_id IS NULL),"
+        " (SELECT COALESCE(SUM(credits), 0) FROM quota_grants WHERE guild_id = :guild"
+        "  AND period_start >= :start AND period_start < :end AND user_id = :user),"
+        " (SELECT COALESCE(MAX(after_entry_id), 0) FROM quota_resets WHERE guild_id = :guild"
+        "  AND period_start >= :start AND period_start < :end AND user_id IS NULL),"
+        " (SELECT COALESCE(MAX(after_entry_id), 0) FROM quota_resets WHERE guild_id = :guild"
+        "  AND period_start >= :start AND period_start < :end AND user_id = :user)"
+    )
+
+    async def adjustments(
         self, guild_id: str, user_id: str | None, start: datetime, end: datetime
-    ) -> int:
-        who = "user_id IS NULL" if user_id is None else "user_id = ?"
-        params: list[Any] = [guild_id, self._db(start), self._db(end)]
-        if user_id is not None:
-            params.append(user_id)
-        row = self._one(
-            "SELECT COALESCE(MAX(after_entry_id), 0) AS m FROM quota_resets"  # noqa: S608
-            f" WHERE guild_id = ? AND period_start >= ? AND period_start < ? AND {who}",
-            params,
+    ) -> Adjustments:
+        params = {
+            "guild": guild_id,
+            "user": user_id,
+            "start": self._db(start),
+            "end": self._db(end),
+        }
+        pool_granted, member_granted, pool_mark, member_mark = self._conn.execute(
+            self._ADJUSTMENTS, params
+        ).fetchone()
+        return Adjustments(
+            pool_granted=int(pool_granted),
+            member_granted=int(member_granted),
+            pool_mark=int(pool_mark),
+            member_mark=int(member_mark),
         )
-        return 0 if row is None else int(row["m"])
 
     async def resets(self, guild_id: str | None = None) -> list[ResetMarker]:
         if guild_id is None:

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Protocol, TypeVar
+from enum import Enum
+from typing import Final, Protocol, TypeVar
 
 from bot.quota.models import (
+    Adjustments,
     Ban,
     Entry,
     EntryState,
@@ -44,6 +46,15 @@ from bot.quota.models import (
 T = TypeVar("T")
 
 BUDGET_SCOPE = "budget"
+
+
+class _Anyone(Enum):
+    ANYONE = "anyone"
+
+
+# ``holder`` of an update that applies whichever process holds the entry (the sweeper's).
+ANYONE: Final = _Anyone.ANYONE
+Holder = str | None | _Anyone
 
 
 def guild_scope(guild_id: str) -> str:
@@ -114,14 +125,19 @@ class LedgerTx(Protocol):
         cost_settled: int | None,
         reason: str | None,
         now: datetime,
+        *,
+        holder: Holder,
     ) -> bool:
-        """Move a ``reserved`` entry to ``state``; False if it was not reserved."""
+        """Move a ``reserved`` entry to ``state``, charging ``cost_settled`` but
+        never more than it holds; False if it was not reserved, or is held by a
+        process other than ``holder`` (an entry no process holds is anyone's)."""
         ...
 
     async def reserved_entries(self) -> list[Entry]: ...
 
-    async def mark_delivering(self, reservation_id: str, now: datetime) -> bool:
-        """Mark a ``reserved`` entry as being posted; False if it is not reserved."""
+    async def mark_delivering(self, reservation_id: str, now: datetime, *, holder: Holder) -> bool:
+        """Mark a ``reserved`` entry as being posted; False if it is not reserved
+        or is held by a process other than ``holder``, as for ``finish_entry``."""
         ...
 
     async def entries(
@@ -172,12 +188,6 @@ class LedgerTx(Protocol):
         now: datetime,
     ) -> Grant: ...
 
-    async def granted(
-        self, guild_id: str, user_id: str | None, start: datetime, end: datetime
-    ) -> int:
-        """Credits granted to the member (``user_id``) or pool (None) this period."""
-        ...
-
     async def grants(self, guild_id: str | None = None) -> list[Grant]: ...
 
     async def add_reset(
@@ -190,11 +200,11 @@ class LedgerTx(Protocol):
         now: datetime,
     ) -> ResetMarker: ...
 
-    async def reset_mark(
+    async def adjustments(
         self, guild_id: str, user_id: str | None, start: datetime, end: datetime
-    ) -> int:
-        """The highest ``after_entry_id`` of resets of the member (or the guild,
-        for None) in the period; 0 if none."""
+    ) -> Adjustments:
+        """Grants and reset marks of the pool and of the member (``user_id``;
+        None: the pool's alone) for periods starting in ``[start, end)``."""
         ...
 
     async def resets(self, guild_id: str | None = None) -> list[ResetMarker]: ...

@@ -382,6 +382,57 @@ async def test_reset_zeroes_usage_but_keeps_history(make_ledger: MakeLedger) -> 
     assert [row["kind"] for row in rows].count("reset") == 2
 
 
+async def test_other_members_and_guilds_adjustments_stay_theirs(make_ledger: MakeLedger) -> None:
+    """Grants and resets are read in one statement for the pool and the member:
+    another member's, or another guild's, must not count for either."""
+    ledger = await make_ledger(QuotaPolicy(default_pool_credits=10, default_user_allowance=4))
+    for key, user in (("k1", "a"), ("k2", "b")):
+        await ledger.settle(await ledger.reserve("g", user, [], 2, key), 2)
+    await ledger.grant("g", 3, user_id="b", by="mod")
+    await ledger.grant("other", 5, user_id="a", by="mod")
+    await ledger.grant("other", 7, by="mod")
+    await ledger.reset("g", "b", by="mod")
+    await ledger.reset("other", by="mod")
+
+    balances = await ledger.balance("g", "a")
+    assert balances.guild.limit == 10 and balances.guild.used == 4
+    assert balances.user is not None and (balances.user.limit, balances.user.used) == (4, 2)
+    balances = await ledger.balance("g", "b")
+    assert balances.user is not None and (balances.user.limit, balances.user.used) == (7, 0)
+
+    await ledger.grant("g", 1, user_id="a", by="mod")
+    await ledger.grant("g", 2, by="mod")
+    await ledger.reset("g", by="mod")
+    balances = await ledger.balance("g", "a")
+    assert (balances.guild.limit, balances.guild.used) == (12, 0)
+    assert balances.user is not None and (balances.user.limit, balances.user.used) == (5, 0)
+
+
+async def test_a_reservation_is_what_the_ledger_then_holds(make_ledger: MakeLedger) -> None:
+    """The entry a reservation returns is built from what was written, not read
+    back: it must equal what a later read gives, to the microsecond."""
+    clock = Clock(T0 + timedelta(microseconds=123457))
+    ledger = await make_ledger(clock=clock)
+    reservation = await ledger.reserve(
+        "g", "u", [], 3, "k1", channel_id="c", job_id="j", prompt="a fox", mode="text"
+    )
+    stored = await ledger.store.read(lambda tx: tx.entry_by_reservation(reservation.id))
+    assert stored is not None
+    assert (stored.created_at, stored.period_start) == (
+        reservation.created_at,
+        reservation.period_start,
+    )
+    assert reservation.created_at == clock.t
+    assert (stored.guild_id, stored.user_id, stored.cost_reserved) == ("g", "u", 3)
+    replayed = await ledger.reserve("g", "u", [], 3, "k1")
+    assert replayed.replayed
+    assert (replayed.id, replayed.created_at, replayed.period_start) == (
+        reservation.id,
+        reservation.created_at,
+        reservation.period_start,
+    )
+
+
 # --- thresholds -------------------------------------------------------------------------
 
 
