@@ -31,6 +31,8 @@ class HistoryEntry:
     charged: int | None  # what delivery cost; None until delivered
     channel_id: str | None
     message_id: str | None
+    # Sent to the member alone (ephemeral, or by DM): no link others or they could open.
+    private: bool = False
 
     @property
     def delivered(self) -> bool:
@@ -95,20 +97,23 @@ class MemberStore:
         total = await self._db.fetch(
             "SELECT COUNT(*) FROM jobs WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
         )
-        entries = [
-            HistoryEntry(
-                job_id=row[0],
-                created_at=datetime.fromisoformat(row[1]),
-                prompt=str(json.loads(row[2]).get("prompt", "")),
-                mode=row[3],
-                status=row[4],
-                cost=int(row[5]),
-                charged=None if row[6] is None else int(row[6]),
-                channel_id=row[7],
-                message_id=row[8],
+        entries = []
+        for row in rows:
+            request = json.loads(row[2])
+            entries.append(
+                HistoryEntry(
+                    job_id=row[0],
+                    created_at=datetime.fromisoformat(row[1]),
+                    prompt=str(request.get("prompt", "")),
+                    mode=row[3],
+                    status=row[4],
+                    cost=int(row[5]),
+                    charged=None if row[6] is None else int(row[6]),
+                    channel_id=row[7],
+                    message_id=row[8],
+                    private=bool(request.get("private", False)),
+                )
             )
-            for row in rows
-        ]
         return entries, int(total[0][0])
 
 

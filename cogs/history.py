@@ -27,7 +27,8 @@ NO_MENTIONS = discord.AllowedMentions.none()
 
 
 def message_link(guild_id: int, entry: HistoryEntry) -> str | None:
-    if entry.channel_id is None or entry.message_id is None:
+    # A private result is an ephemeral message or a DM: a channel link to it opens nothing.
+    if entry.private or entry.channel_id is None or entry.message_id is None:
         return None
     return f"https://discord.com/channels/{guild_id}/{entry.channel_id}/{entry.message_id}"
 
@@ -37,7 +38,10 @@ def describe_entry(guild_id: int, number: int, entry: HistoryEntry) -> str:
         charged = entry.charged or 0
         cost = f"{charged} credit{'s' if charged != 1 else ''}"
         link = message_link(guild_id, entry)
-        where = f"[result]({link})" if link else "result"
+        if entry.private:
+            where = "result sent privately"
+        else:
+            where = f"[result]({link})" if link else "result"
         state = f"{cost} · {where}"
     elif entry.status == "failed":
         state = "not made, refunded"

@@ -7,6 +7,7 @@ from typing import Any
 from tests.e2e.conftest import World
 from tests.e2e.test_generation import final, imagine
 from tests.e2e.test_member import EPHEMERAL, balance, press
+from tests.e2e.test_private_delivery import choose_private_results, ids_of
 from tests.emulators.providers import Error
 
 CHANNEL_MESSAGE = 4
@@ -68,6 +69,21 @@ async def test_history_pages_links_and_runs_again(world: World):
     rerun = await final(again)
     assert rerun.embeds and rerun.embeds[0]["description"] == "harbour number 1"
     assert (await balance(world)).used == before + 1
+
+
+async def test_a_private_result_is_listed_without_a_link(world: World):
+    """A private result is an ephemeral message: a channel link to it would open nothing."""
+    public_result = await final(await imagine(world, "harbour for everyone"))
+    await choose_private_results(world.discord, ids_of(world))
+    private_result = await final(await imagine(world, "harbour for me alone"))
+    assert private_result.ephemeral
+
+    shown = await slash(world, "history", world.member_id)
+    text = shown.callbacks[0].data["embeds"][0]["description"]
+    mine = next(line for line in text.split("\n\n") if "harbour for me alone" in line)
+    assert "result sent privately" in mine and "](" not in mine
+    assert str(private_result.id) not in text
+    assert f"/channels/{world.guild_id}/{world.channel_id}/{public_result.id})" in text
 
 
 async def test_history_of_another_member_is_for_moderators(world: World):
