@@ -433,6 +433,13 @@ class DiscordDelivery:
             except discord.HTTPException as exc:
                 if not self._token_died(exc):
                     raise
+        if self.private and job is not None:
+            # Like its result, a private job's failure is for the member alone.
+            try:
+                await self._send_dm(job, content=f"{text}\n-# {self._which_job(job)}")
+                return
+            except (DeliveryError, discord.HTTPException):
+                log.info("job %s: the failure could not go by DM; telling the channel", job.id)
         if job is not None:
             user_id = int(job.request.requester.user_id)
         elif self.interaction is not None:
@@ -447,6 +454,15 @@ class DiscordDelivery:
             ),
         )
         await self._drop_placeholder()
+
+    def _which_job(self, job: Job) -> str:
+        """A DM stands apart from the command: which request it answers. The
+        prompt may be shown here, to the member alone."""
+        prompt = " ".join(job.request.prompt.split())
+        if len(prompt) > 100:
+            prompt = prompt[:99] + "…"
+        where = f" in <#{self.channel_id}>" if self.channel_id else ""
+        return f"Your private image{where}: “{discord.utils.escape_markdown(prompt)}”"
 
     async def _refuse_privately(self, text: str) -> None:
         interaction = self.interaction

@@ -1,8 +1,9 @@
 """Private results that outlive their interaction token go by DM, never to the channel.
 
 A token dies after 15 minutes, and a restarted bot never had it. A private job
-then goes to the member by direct message; if their DMs are closed it is
-refunded, and the channel hears only that (no prompt, no image).
+then goes to the member by direct message, and so does its failure; if their
+DMs are closed it is refunded, and the channel hears only that (no prompt, no
+image).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from tests.e2e.test_generation import opt
 from tests.e2e.test_member import balance
 from tests.e2e.test_restart import BotProcess, imagine, settled_balance, setup
 from tests.emulators.discord import DiscordEmulator, MessageRecord
-from tests.emulators.providers import Processing
+from tests.emulators.providers import Error, Processing
 
 __all__ = ["setup"]  # the restart tests' fixture: a bot run as a real subprocess
 
@@ -66,11 +67,13 @@ def assert_nothing_public(discord_emu: DiscordEmulator, channel_id: int) -> None
         assert PROMPT not in message.content
 
 
-async def _late_private_job(world: World) -> Any:
+async def _late_private_job(world: World, *, scripted: bool = False) -> Any:
+    """``scripted``: the test has scripted the provider's answer already."""
     await choose_private_results(world.discord, ids_of(world))
     # The token dies while the provider still works: the job outlives it.
     world.discord.token_ttl = 0.5
-    world.providers.script("text2img", Processing(polls=3, eta=0.3))
+    if not scripted:
+        world.providers.script("text2img", Processing(polls=3, eta=0.3))
     world.providers.latency = 0.3
     return await world.discord.slash(
         "imagine",
@@ -91,6 +94,28 @@ async def test_a_private_job_past_its_token_arrives_by_dm(world: World):
     assert PROMPT in message.embeds[0]["description"]
     assert any(c.startswith("ib:") for c in message.custom_ids())  # the result buttons
     assert (await balance(world)).used == 1
+    assert_nothing_public(world.discord, world.channel_id)
+
+
+async def test_a_private_job_failing_past_its_token_is_told_by_dm(world: World):
+    world.providers.script(
+        "text2img", Processing(polls=3, eta=0.3, then=Error(http_status=400, message="nope"))
+    )
+    await _late_private_job(world, scripted=True)
+
+    def dms() -> list[MessageRecord]:
+        return [m for m in world.discord.dm_messages(world.member_id) if m.content]
+
+    await world.discord.wait_for(lambda: bool(dms()), timeout=30, what="a DM")
+    (notice,) = dms()
+    assert notice.content.startswith("❌ ModelsLab rejected the request: nope.")
+    assert f"in <#{world.channel_id}>: “{PROMPT}”" in notice.content
+    mine = await balance(world)
+    assert (mine.used, mine.reserved) == (0, 0)
+    mentions = [
+        m for m in public(world.discord, world.channel_id) if str(world.member_id) in m.content
+    ]
+    assert not mentions
     assert_nothing_public(world.discord, world.channel_id)
 
 
