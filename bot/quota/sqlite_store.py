@@ -48,7 +48,9 @@ def to_db(value: datetime) -> str:
     """Fixed-width UTC text, so that comparing the text compares the times."""
     if value.tzinfo is None:
         raise ValueError("datetimes stored in the ledger must be timezone-aware")
-    return value.astimezone(UTC).strftime(_DB_FORMAT)
+    # The text strftime(_DB_FORMAT) gives, at less than half its cost (a few per
+    # transaction): a UTC isoformat always ends in "+00:00".
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 _DB_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
