@@ -70,6 +70,29 @@ class NewEntry:
     created_at: datetime
     owner: str | None
 
+    def stored(self, entry_id: int, *, period_start: datetime, created_at: datetime) -> Entry:
+        """The entry as the ledger now holds it: ``entry_id`` and the times as
+        read back from its columns (a store may round or change their zone)."""
+        return Entry(
+            id=entry_id,
+            reservation_id=self.reservation_id,
+            guild_id=self.guild_id,
+            user_id=self.user_id,
+            channel_id=self.channel_id,
+            job_id=self.job_id,
+            idempotency_key=self.idempotency_key,
+            mode=self.mode,
+            prompt=self.prompt,
+            cost_reserved=self.cost,
+            cost_settled=None,
+            state="reserved",
+            reason=None,
+            period_start=period_start,
+            created_at=created_at,
+            updated_at=created_at,
+            owner=self.owner,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Grant:

@@ -294,28 +294,10 @@ class SqliteTx:
                 entry.owner,
             ),
         )
-        # Built from what was written rather than read back (one statement fewer
-        # on every reservation); the times as the column holds them, to the
-        # microsecond in UTC, so it equals what a later read returns.
-        created_at = from_db(created)
-        return Entry(
-            id=entry_id,
-            reservation_id=entry.reservation_id,
-            guild_id=entry.guild_id,
-            user_id=entry.user_id,
-            channel_id=entry.channel_id,
-            job_id=entry.job_id,
-            idempotency_key=entry.idempotency_key,
-            mode=entry.mode,
-            prompt=entry.prompt,
-            cost_reserved=entry.cost,
-            cost_settled=None,
-            state="reserved",
-            reason=None,
-            period_start=from_db(period_start),
-            created_at=created_at,
-            updated_at=created_at,
-            owner=entry.owner,
+        # Built from what was written rather than read back: one statement fewer
+        # on every reservation.
+        return entry.stored(
+            entry_id, period_start=from_db(period_start), created_at=from_db(created)
         )
 
     async def finish_entry(
