@@ -84,6 +84,8 @@ DEFAULT_BOT_PERMISSIONS = (
     | (1 << 31)  # use application commands
     | (1 << 38)  # send messages in threads
 )
+# What the bot may do in a member's DM with it: no guild, so no roles or overwrites.
+DM_BOT_PERMISSIONS = DEFAULT_BOT_PERMISSIONS & ~(1 << 38)
 
 # Gateway intents the emulator honours.
 INTENT_GUILDS = 1 << 0
@@ -145,6 +147,8 @@ _VALID_CALLBACKS: Mapping[int, frozenset[int]] = {
 
 MAX_FILES_PER_MESSAGE = 10
 CHANNEL_DM = 1
+CONTEXT_GUILD = 0
+CONTEXT_BOT_DM = 1
 CANNOT_MESSAGE_USER = 50007
 DM_UPLOAD_LIMIT = 10 * 1024 * 1024  # a DM has no guild boost: the base limit
 MAX_CONTENT_LENGTH = 2000
@@ -912,7 +916,7 @@ class InteractionRecord:
     id: int
     token: str
     type: int
-    guild_id: int
+    guild_id: int  # 0 in a DM with the bot
     channel_id: int
     user_id: int
     data: JSON
@@ -2193,7 +2197,8 @@ class DiscordEmulator:
         """A user presses a button (or picks ``values`` in a select) on ``message``.
 
         The component must exist on the message, as Discord only sends interactions for
-        components it rendered.
+        components it rendered. On a message in a DM with the bot, only that DM's member
+        presses, and the interaction carries no guild (as Discord sends it).
         """
         record = self._message_record(message)
         component = next(
@@ -2316,13 +2321,7 @@ class DiscordEmulator:
         message: MessageRecord | None = None,
         locale: str = "en-US",
     ) -> InteractionRecord:
-        guild = self._guild(guild_id)
         channel = self._channel(channel_id)
-        if channel.guild_id != guild.id:
-            raise ValueError(f"channel {channel_id} is not in guild {guild_id}")
-        member = self._member(guild, user_id)
-        bot_member = guild.members[self.bot_user_id]
-        permissions = guild.permissions_of(member)
         interaction_id = self._snowflake()
         token = f"aW50ZXJhY3Rpb246{interaction_id}:{secrets.token_urlsafe(48)}"
         payload: JSON = {
@@ -2330,32 +2329,63 @@ class DiscordEmulator:
             "application_id": str(self.application_id),
             "type": kind,
             "data": data,
-            "guild_id": str(guild.id),
-            "guild": {"id": str(guild.id), "locale": guild.locale, "features": []},
             "channel_id": str(channel.id),
-            "channel": {**channel.to_payload(), "permissions": str(permissions)},
-            "member": {**member.to_payload(), "permissions": str(permissions)},
             "token": token,
             "version": 1,
-            "app_permissions": str(guild.permissions_of(bot_member)),
             "locale": locale,
-            "guild_locale": guild.locale,
             "entitlements": [],
             "entitlement_sku_ids": [],
-            "authorizing_integration_owners": {"0": str(guild.id)},
-            "context": 0,
-            "attachment_size_limit": guild.filesize_limit,
         }
+        if channel.recipient is not None:
+            # The member's DM with the bot (context BOT_DM): no guild, so a ``user``
+            # instead of a ``member``, and the GUILD_INSTALL owner is "0".
+            if guild_id:
+                raise ValueError(f"channel {channel_id} is a DM, in no guild")
+            if int(user_id) != channel.recipient.id:
+                raise ValueError(f"only user {channel.recipient.id} interacts in DM {channel_id}")
+            user = channel.recipient
+            payload.update(
+                {
+                    "channel": channel.to_payload(),
+                    "user": user.to_payload(),
+                    "app_permissions": str(DM_BOT_PERMISSIONS),
+                    "authorizing_integration_owners": {"0": "0"},
+                    "context": CONTEXT_BOT_DM,
+                    "attachment_size_limit": DM_UPLOAD_LIMIT,
+                }
+            )
+        else:
+            guild = self._guild(guild_id)
+            if channel.guild_id != guild.id:
+                raise ValueError(f"channel {channel_id} is not in guild {guild_id}")
+            member = self._member(guild, user_id)
+            user = member.user
+            bot_member = guild.members[self.bot_user_id]
+            permissions = guild.permissions_of(member)
+            payload.update(
+                {
+                    "guild_id": str(guild.id),
+                    "guild": {"id": str(guild.id), "locale": guild.locale, "features": []},
+                    "channel": {**channel.to_payload(), "permissions": str(permissions)},
+                    "member": {**member.to_payload(), "permissions": str(permissions)},
+                    "app_permissions": str(guild.permissions_of(bot_member)),
+                    "guild_locale": guild.locale,
+                    "authorizing_integration_owners": {"0": str(guild.id)},
+                    "context": CONTEXT_GUILD,
+                    "attachment_size_limit": guild.filesize_limit,
+                }
+            )
         if message is not None:
             payload["message"] = message.to_payload()
-        session = self._session_for_guild(guild.id)
+        # DM events come on shard 0, as for guild id 0.
+        session = self._session_for_guild(channel.guild_id)
         record = InteractionRecord(
             id=interaction_id,
             token=token,
             type=kind,
-            guild_id=guild.id,
+            guild_id=channel.guild_id,
             channel_id=channel.id,
-            user_id=member.id,
+            user_id=user.id,
             data=data,
             payload=payload,
             created_at=asyncio.get_running_loop().time(),
@@ -3288,10 +3318,9 @@ class DiscordEmulator:
                     f"Callback type {kind} is not valid for interaction type {interaction.type}",
                 ),
             )
-        guild = self.guilds[interaction.guild_id]
         channel = self._channels[interaction.channel_id]
         try:
-            self._check_uploads(ctx.files, guild.filesize_limit)
+            self._check_uploads(ctx.files, self._upload_limit(channel))
             resource = await self._apply_callback(interaction, kind, data, ctx.files, channel)
         except DiscordAPIError as exc:
             raise self._reject(interaction, ctx, exc) from None
@@ -3413,7 +3442,8 @@ class DiscordEmulator:
         message = self._interaction_message(interaction, ctx)
         body = ctx.body if isinstance(ctx.body, dict) else {}
         try:
-            self._check_uploads(ctx.files, self.guilds[interaction.guild_id].filesize_limit)
+            channel = self._channels[interaction.channel_id]
+            self._check_uploads(ctx.files, self._upload_limit(channel))
             self._apply_message_payload(message, body, ctx.files, creating=False)
         except DiscordAPIError as exc:
             raise self._reject(interaction, ctx, exc) from None
@@ -3448,7 +3478,7 @@ class DiscordEmulator:
         channel = self._channels[interaction.channel_id]
         original = interaction.original
         try:
-            self._check_uploads(ctx.files, self.guilds[interaction.guild_id].filesize_limit)
+            self._check_uploads(ctx.files, self._upload_limit(channel))
             if original is not None and original.loading and not original.deleted:
                 # Discord turns the first follow-up after a "thinking" deferral into the
                 # original response instead of posting a second message.

@@ -398,6 +398,27 @@ async def test_button_click_updates_message(harness: HarnessFactory) -> None:
             await h.emu.click(original, "no-such-button", user_id=h.world.user_id)
 
 
+async def test_button_click_in_a_dm_with_the_bot(harness: HarnessFactory) -> None:
+    async with harness() as h:
+        user = await h.bot.fetch_user(h.world.user_id)
+        await user.send("for alice only", view=ResultView())
+        (message,) = h.emu.dm_messages(h.world.user_id)
+        with pytest.raises(ValueError, match="only user"):
+            await h.emu.click(message, REROLL_ID, user_id=h.world.admin_id)
+
+        click = await h.emu.click(message, REROLL_ID, user_id=h.world.user_id)
+        assert (await click.wait_for_callback()).type == 7
+        assert message.content == "rerolled"
+        assert h.bot.outcomes["reroll"] == h.world.user_id
+        # Discord's shape for the bot's DM: a user, not a member, and no guild.
+        payload = click.payload
+        assert not {"guild_id", "guild", "member", "guild_locale"} & set(payload)
+        assert payload["user"]["id"] == str(h.world.user_id)
+        assert payload["channel"]["type"] == 1 and payload["channel_id"] == str(message.channel_id)
+        assert payload["context"] == 1
+        assert payload["authorizing_integration_owners"] == {"0": "0"}
+
+
 async def test_attachment_option_is_downloaded_from_cdn(harness: HarnessFactory) -> None:
     async with harness() as h:
         data = _png(4, 4)
