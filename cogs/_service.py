@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -24,7 +24,7 @@ from bot.jobs import JobOutcome
 from bot.jobstore import JobRecord, StoredImage
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
 from bot.picks import PickLimiter
-from bot.preferences import Preferences, PreferenceStore
+from bot.preferences import Preferences
 from bot.prompt_params import parse as parse_params
 from bot.quota.service import QuotaService
 from cogs._cdn import fresh_urls
@@ -40,6 +40,7 @@ RESTARTING = "The bot is restarting; please try again in a minute."
 # Of Discord's 3 s to acknowledge, what the checks before the acknowledgement may take.
 EARLY_CHECKS_BUDGET = 1.0
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
+UNKNOWN_RESULT = "That result is unknown to this bot; make a new one."
 
 
 def requester_of(interaction: discord.Interaction[Any]) -> Requester:
@@ -98,42 +99,90 @@ class GenerationService:
         compose: bool = True,
         restyle: bool = True,
     ) -> JobOutcome | None:
-        """Acknowledge at once, then run the job; every failure reaches the member.
+        """Check the member, acknowledge at once, then run the job; every failure
+        reaches the member. ``interaction`` is one not answered yet (a command or
+        a form); the result buttons check and acknowledge for themselves.
 
         ``compose`` reads the prompt's parameters and applies ``style`` (see
-        ``bot.compose``); a re-roll passes False, its request being composed already.
-        ``restyle`` False keeps the member's default style off a prompt that comes
-        from an earlier result (already styled): the Vary and Edit buttons."""
+        ``bot.compose``)."""
         if not self.bot.accepting:
             raise UserError(RESTARTING)
-        gate: Gate | None = None
-        try:
-            async with asyncio.timeout(EARLY_CHECKS_BUDGET):
-                gate = await self._gate(interaction)
-        except TimeoutError:
-            # Checked again once acknowledged (a refusal is private either way);
-            # only a private answer cannot be chosen any more.
-            log.warning("member checks for interaction %s took too long", interaction.id)
-        if gate is not None and not await self._prompt_allowed(
-            interaction, request, gate.blocklist, parsed=compose
-        ):
-            return None
-        private = gate is not None and gate.private
-        if not interaction.response.is_done():
+        gate = await self._early_gate(interaction)
+        if gate is not None:
+            if not await self._prompt_allowed(
+                interaction, request.prompt, gate.blocklist, parsed=compose
+            ):
+                return None
             # The refusals that need no request come before the public "thinking…",
             # so that the first answer is the private refusal.
-            refusal = gate.refusal(_channel_id(interaction)) if gate is not None else None
-            if refusal is not None:
-                await DiscordDelivery(self.bot, interaction).fail(None, refusal)
+            if await self._refused(interaction, gate):
                 return None
-            try:
-                await interaction.response.defer(thinking=True, ephemeral=private)
-            except discord.HTTPException as exc:
-                # A duplicate event (already acknowledged) or one that arrived too
-                # late to answer: the member's first copy, if any, is being handled.
-                log.warning("could not acknowledge interaction %s: %s", interaction.id, exc)
-                return None
+        # Out of time, only a private answer cannot be chosen any more: the
+        # checks run again once acknowledged, and a refusal is private either way.
+        private = gate is not None and gate.private
+        if not await self._acknowledge(interaction, private=private):
+            return None
+        return await self._launch(
+            interaction,
+            request,
+            attachments,
+            gate=gate,
+            private=private,
+            style=style,
+            compose=compose,
+            restyle=restyle,
+        )
+
+    async def _early_gate(self, interaction: discord.Interaction[ImageBot]) -> Gate | None:
+        """The member checks, if they fit in what Discord's 3 s leave before the
+        acknowledgement; None if not (they are read again once acknowledged)."""
+        try:
+            async with asyncio.timeout(EARLY_CHECKS_BUDGET):
+                return await self._gate(interaction)
+        except TimeoutError:
+            log.warning("member checks for interaction %s took too long", interaction.id)
+            return None
+
+    async def _refused(self, interaction: discord.Interaction[ImageBot], gate: Gate) -> bool:
+        """A channel rule or a ban, answered as the private first response."""
+        refusal = gate.refusal(_channel_id(interaction))
+        if refusal is None:
+            return False
+        await DiscordDelivery(self.bot, interaction).fail(None, refusal)
+        return True
+
+    async def _acknowledge(
+        self, interaction: discord.Interaction[ImageBot], *, private: bool
+    ) -> bool:
+        try:
+            await interaction.response.defer(thinking=True, ephemeral=private)
+        except discord.HTTPException as exc:
+            # A duplicate event (already acknowledged) or one that arrived too
+            # late to answer: the member's first copy, if any, is being handled.
+            log.warning("could not acknowledge interaction %s: %s", interaction.id, exc)
+            return False
+        return True
+
+    async def _launch(
+        self,
+        interaction: discord.Interaction[ImageBot],
+        request: GenerationRequest,
+        attachments: Sequence[discord.Attachment] = (),
+        *,
+        gate: Gate | None,
+        private: bool,
+        style: str | None = None,
+        compose: bool = True,
+        restyle: bool = True,
+    ) -> JobOutcome | None:
+        """The job of an acknowledged interaction. ``restyle`` False keeps the
+        member's default style off a prompt that comes from an earlier result
+        (already styled): the Vary and Edit buttons."""
         delivery = DiscordDelivery(self.bot, interaction, private=private)
+        if not self.bot.accepting:
+            # A button's references took the time a shutdown needed to begin.
+            await delivery.fail(None, UserError(RESTARTING))
+            return None
         request = replace(
             request,
             requester=requester_of(interaction),
@@ -173,7 +222,7 @@ class GenerationService:
             if gate is None:  # the early checks ran out of time
                 gate = await self._gate(interaction)
                 if not await self._prompt_allowed(
-                    interaction, request, gate.blocklist, parsed=compose
+                    interaction, request.prompt, gate.blocklist, parsed=compose
                 ):
                     return None
             # Bans are the ledger's to refuse from here on, at the reservation.
@@ -213,28 +262,10 @@ class GenerationService:
         )
         return await open_gate(self.bot.jobs.database, guild_id, user_id, ban)
 
-    async def _preferences(self, interaction: discord.Interaction[ImageBot]) -> Preferences:
-        if interaction.guild_id is None:
-            return Preferences()
-        store = PreferenceStore(self.bot.jobs.database)
-        return await store.get(str(interaction.guild_id), str(interaction.user.id))
-
-    async def private_for(self, interaction: discord.Interaction[ImageBot]) -> bool:
-        """Whether this member's new results go to them alone."""
-        if interaction.guild_id is None:
-            return False
-        return (await self._preferences(interaction)).private and await self._private_allowed(
-            interaction
-        )
-
-    async def _private_allowed(self, interaction: discord.Interaction[ImageBot]) -> bool:
-        store = PreferenceStore(self.bot.jobs.database)
-        return await store.private_allowed(str(interaction.guild_id))
-
     async def _prompt_allowed(
         self,
         interaction: discord.Interaction[ImageBot],
-        request: GenerationRequest,
+        prompt: str,
         blocklist: Blocklist,
         *,
         parsed: bool,
@@ -246,7 +277,6 @@ class GenerationService:
         if interaction.guild_id is None:
             return True
         guild = str(interaction.guild_id)
-        prompt = request.prompt
         if parsed and blocklist.rules:
             # Bad parameters are refused by compose; the words are checked as typed.
             with contextlib.suppress(UserError):
@@ -416,22 +446,74 @@ class GenerationService:
     async def record_for(
         self, interaction: discord.Interaction[ImageBot], job_id: str
     ) -> JobRecord:
-        record = await self.bot.jobs.get(job_id)
+        return self._known(interaction, await self.bot.jobs.get(job_id))
+
+    def _known(
+        self, interaction: discord.Interaction[ImageBot], record: JobRecord | None
+    ) -> JobRecord:
         if record is None or record.guild_id != str(interaction.guild_id):
-            raise UserError("That result is unknown to this bot; make a new one.")
+            raise UserError(UNKNOWN_RESULT)
         return record
 
-    async def reroll(self, interaction: discord.Interaction[ImageBot], job_id: str) -> None:
-        await interaction.response.defer(
-            thinking=True, ephemeral=await self.private_for(interaction)
-        )
+    async def _check_press(
+        self, interaction: discord.Interaction[ImageBot], job_id: str
+    ) -> _Pressed:
+        """What a result button (or its form) must know before it is acknowledged,
+        read together within the early budget: the member checks and the job's
+        record. Out of time, both are read again once acknowledged."""
+        if not self.bot.accepting:
+            raise UserError(RESTARTING)
         try:
-            record = await self.record_for(interaction, job_id)
+            async with asyncio.timeout(EARLY_CHECKS_BUDGET):
+                gate, found = await asyncio.gather(
+                    self._gate(interaction), self.bot.jobs.get(job_id)
+                )
+        except TimeoutError:
+            log.warning("member checks for interaction %s took too long", interaction.id)
+            return _Pressed(None, None)
+        return _Pressed(gate, self._known(interaction, found))
+
+    async def _acknowledge_press(
+        self,
+        interaction: discord.Interaction[ImageBot],
+        pressed: _Pressed,
+        prompt: str | None,
+        *,
+        parsed: bool = False,
+    ) -> bool:
+        """The rest of the early checks, on the prompt the job will run with, then
+        the acknowledgement; False if refused (answered privately) or unanswerable."""
+        gate = pressed.gate
+        if gate is not None:
+            if prompt is not None and not await self._prompt_allowed(
+                interaction, prompt, gate.blocklist, parsed=parsed
+            ):
+                return False
+            if await self._refused(interaction, gate):
+                return False
+        return await self._acknowledge(interaction, private=pressed.private(interaction))
+
+    async def reroll(self, interaction: discord.Interaction[ImageBot], job_id: str) -> None:
+        pressed = await self._check_press(interaction, job_id)
+        record = pressed.record
+        prompt = record.request.prompt if record is not None else None
+        if not await self._acknowledge_press(interaction, pressed, prompt):
+            return
+        try:
+            if record is None:
+                record = await self.record_for(interaction, job_id)
+            # Downloads: after the acknowledgement, never before it.
             request = await self.rehydrate(replace(record.request, seed=None))
         except BotError as error:
             await DiscordDelivery(self.bot, interaction).fail(None, error)
             return
-        await self.start(interaction, request, compose=False)
+        await self._launch(
+            interaction,
+            request,
+            gate=pressed.gate,
+            private=pressed.private(interaction),
+            compose=False,
+        )
 
     async def vary(
         self,
@@ -440,12 +522,19 @@ class GenerationService:
         n: int,
         prompt: str | None = None,
     ) -> None:
-        if not interaction.response.is_done():
-            await interaction.response.defer(
-                thinking=True, ephemeral=await self.private_for(interaction)
-            )
+        pressed = await self._check_press(interaction, job_id)
+        record = pressed.record
+        if record is not None and record.image(n) is None:
+            raise UserError(f"That result has no image {n}.")
+        checked = prompt if prompt is not None or record is None else record.request.prompt
+        # A typed prompt is read for parameters; one from the result is composed already.
+        if not await self._acknowledge_press(
+            interaction, pressed, checked, parsed=prompt is not None
+        ):
+            return
         try:
-            record = await self.record_for(interaction, job_id)
+            if record is None:
+                record = await self.record_for(interaction, job_id)
             reference = await self.image_of(record, n)
         except BotError as error:
             await DiscordDelivery(self.bot, interaction).fail(None, error)
@@ -458,7 +547,24 @@ class GenerationService:
         )
         # The prompt comes from the result, styled already: a plain variation is
         # composed already (like a re-roll); a typed one is read for parameters.
-        await self.start(interaction, request, compose=prompt is not None, restyle=False)
+        await self._launch(
+            interaction,
+            request,
+            gate=pressed.gate,
+            private=pressed.private(interaction),
+            compose=prompt is not None,
+            restyle=False,
+        )
+
+    async def edit_form_record(
+        self, interaction: discord.Interaction[ImageBot], job_id: str
+    ) -> JobRecord | None:
+        """The result the Edit button's form is for, once the member may use it:
+        a banned member is told before typing a prompt, not after. None if refused."""
+        pressed = await self._check_press(interaction, job_id)
+        if pressed.gate is not None and await self._refused(interaction, pressed.gate):
+            return None
+        return pressed.record or await self.record_for(interaction, job_id)
 
     async def upscale_pick(
         self, interaction: discord.Interaction[ImageBot], job_id: str, n: int
@@ -539,6 +645,21 @@ class GenerationService:
         if interaction.message is not None:
             await interaction.message.delete()
         await interaction.followup.send("Deleted.", ephemeral=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pressed:
+    """A result button's early reads; both None when they ran out of time."""
+
+    gate: Gate | None
+    record: JobRecord | None
+
+    def private(self, interaction: discord.Interaction[Any]) -> bool:
+        if self.gate is not None:
+            return self.gate.private
+        # Unread settings: a button on a private result keeps the new one private
+        # too, and no further read delays the acknowledgement.
+        return _on_private_message(interaction)
 
 
 def _on_private_message(interaction: discord.Interaction[Any]) -> bool:

@@ -349,7 +349,9 @@ class Generation(commands.Cog, name=GENERATION_COG):
         elif action == "info":
             await self.service.info(interaction, job_id)
         elif action == "edit":
-            record = await self.service.record_for(interaction, job_id)
+            record = await self.service.edit_form_record(interaction, job_id)
+            if record is None:
+                return
 
             async def submit(
                 modal_interaction: discord.Interaction[Any], prompt: str, image: int
