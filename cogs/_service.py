@@ -41,6 +41,10 @@ RESTARTING = "The bot is restarting; please try again in a minute."
 EARLY_CHECKS_BUDGET = 1.0
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
 UNKNOWN_RESULT = "That result is unknown to this bot; make a new one."
+IN_A_DM = (
+    "The buttons on a result sent by direct message don't work here. "
+    "Run the command again in {place}, and use the buttons on that result."
+)
 
 
 def requester_of(interaction: discord.Interaction[Any]) -> Requester:
@@ -451,9 +455,22 @@ class GenerationService:
     def _known(
         self, interaction: discord.Interaction[ImageBot], record: JobRecord | None
     ) -> JobRecord:
+        if interaction.guild_id is None:
+            raise UserError(self._in_a_dm(interaction, record))
         if record is None or record.guild_id != str(interaction.guild_id):
             raise UserError(UNKNOWN_RESULT)
         return record
+
+    def _in_a_dm(self, interaction: discord.Interaction[ImageBot], record: JobRecord | None) -> str:
+        """A private result goes by DM when its interaction token has expired; its
+        buttons cannot work there (no server: no credits, rules or channel)."""
+        place = "the server"
+        # The server is named to the member whose result it is, and only to them.
+        if record is not None and record.user_id == str(interaction.user.id):
+            guild = self.bot.get_guild(int(record.guild_id)) if record.guild_id.isdigit() else None
+            if guild is not None:
+                place = f"**{guild.name}**"
+        return IN_A_DM.format(place=place)
 
     async def _check_press(
         self, interaction: discord.Interaction[ImageBot], job_id: str
@@ -461,6 +478,8 @@ class GenerationService:
         """What a result button (or its form) must know before it is acknowledged,
         read together within the early budget: the member checks and the job's
         record. Out of time, both are read again once acknowledged."""
+        if interaction.guild_id is None:
+            raise UserError(self._in_a_dm(interaction, await self.bot.jobs.get(job_id)))
         if not self.bot.accepting:
             raise UserError(RESTARTING)
         try:

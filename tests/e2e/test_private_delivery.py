@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.e2e.conftest import World
-from tests.e2e.test_generation import opt
+from tests.e2e.test_generation import job_id_of, opt
 from tests.e2e.test_member import balance
 from tests.e2e.test_restart import BotProcess, imagine, settled_balance, setup
 from tests.emulators.discord import DiscordEmulator, MessageRecord
@@ -20,6 +22,8 @@ from tests.emulators.providers import Error, Processing
 __all__ = ["setup"]  # the restart tests' fixture: a bot run as a real subprocess
 
 PROMPT = "a lighthouse only I may see"
+CHANNEL_MESSAGE = 4
+EPHEMERAL = 1 << 6
 
 
 async def choose_private_results(discord_emu: DiscordEmulator, ids: dict[str, int]) -> None:
@@ -116,6 +120,31 @@ async def test_a_private_job_failing_past_its_token_is_told_by_dm(world: World):
         m for m in public(world.discord, world.channel_id) if str(world.member_id) in m.content
     ]
     assert not mentions
+    assert_nothing_public(world.discord, world.channel_id)
+
+
+@pytest.mark.parametrize("button", ["reroll:{job}:0", "var:{job}:1", "up:{job}:1", "info:{job}:0"])
+async def test_buttons_on_a_result_sent_by_dm_say_where_they_work(world: World, button: str):
+    await _late_private_job(world)
+    await world.discord.wait_for(
+        lambda: bool(dm_results(world.discord, world.member_id)), timeout=30, what="a DM"
+    )
+    (message,) = dm_results(world.discord, world.member_id)
+    asked = len(world.providers.requests_to("text2img"))
+
+    custom_id = "ib:" + button.format(job=job_id_of(message))
+    press = await world.discord.click(message, custom_id, user_id=world.member_id)
+    callback = await press.wait_for_callback(timeout=15)
+
+    # Privately, as the first response: not "thinking…", not "unknown to this bot".
+    assert callback.type == CHANNEL_MESSAGE, callback
+    assert int(callback.data.get("flags") or 0) & EPHEMERAL
+    text = callback.data["content"]
+    assert "sent by direct message" in text and "**Artists**" in text, text
+    assert "unknown" not in text
+    assert len(world.providers.requests_to("text2img")) == asked
+    mine = await balance(world)
+    assert (mine.used, mine.reserved) == (1, 0)  # the result itself, nothing more
     assert_nothing_public(world.discord, world.channel_id)
 
 
