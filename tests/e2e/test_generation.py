@@ -42,6 +42,17 @@ async def final(interaction, within: float = 20):
     return answer_of(interaction)
 
 
+async def posted_record(world: World, job_id: str) -> Any:
+    """The job's record once its result is on record: the message appears first,
+    and the images' paths and links are written just after it."""
+    for _ in range(200):
+        record = await world.bot.jobs.get(job_id)
+        if record is not None and record.status in ("posted", "delivered"):
+            return record
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} was never recorded as posted")
+
+
 async def settled_balance(world: World):
     """The guild balance once every job has been settled or refunded."""
     ledger = world.bot.runtime.ledger

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.e2e.conftest import World
-from tests.e2e.test_generation import final, imagine, job_id_of, opt
+from tests.e2e.test_generation import final, imagine, job_id_of, opt, posted_record
 from tests.e2e.test_history_help import slash
 from tests.e2e.test_member import EPHEMERAL, balance, press
 from tests.e2e.test_moderation import moderation
@@ -163,6 +163,6 @@ async def test_nsfw_results_are_withheld_outside_age_restricted_channels(world: 
     assert "image" not in result.embeds[0]  # the embed does not show it unblurred
     assert (await balance(world)).used == 2
     job_id = job_id_of(result)
-    record = await world.bot.jobs.get(job_id)
-    assert record is not None and record.image(1) is not None
+    record = await posted_record(world, job_id)
+    assert record.image(1) is not None
     assert record.image(1).url is not None and "SPOILER_image_1" in record.image(1).url

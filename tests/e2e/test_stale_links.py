@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from tests.e2e.conftest import World
-from tests.e2e.test_generation import MODAL, edit_photo, final, job_id_of
+from tests.e2e.test_generation import MODAL, edit_photo, final, job_id_of, posted_record
 
 LIFETIME = 600.0  # Discord's is about a day; the test's CDN signs for ten minutes
 
@@ -58,8 +58,7 @@ async def test_full_size_pick_after_the_original_and_the_link_are_gone(world: Wo
     world.discord.cdn_link_lifetime = LIFETIME
     result, _ = await _edit_result(world)
     job = job_id_of(result)
-    record = await world.bot.jobs.get(job)
-    assert record is not None
+    record = await posted_record(world, job)
     paths = [image.path for image in record.images if image.path is not None]
     assert paths
     # The originals are written (then renamed into place) while the result uploads;
