@@ -159,8 +159,9 @@ class _Database(Protocol):
 
     async def adopt(self, me: str, now: float) -> list[str]:
         """In one transaction: mark live instances whose lease ran out as expired,
-        then move every unfinished job whose owner is not live, and the
-        reservations those jobs hold, to ``me``. Returns the job ids taken."""
+        move every unfinished job whose owner is not live, and the reservations
+        those jobs hold, to ``me``, then delete the instances that are not live
+        and own nothing any more. Returns the job ids taken."""
         ...
 
 
@@ -174,6 +175,21 @@ _ORPHANS = (
     " WHERE instances.id = jobs.owner_instance AND instances.state = 'live')"
     " ORDER BY jobs.created_at"
 )
+# Every start registers an instance, so without this the table grows by a row a
+# start, forever. A missing owner counts as not live everywhere (adoption, a
+# renewal), so deleting a row changes nothing but what an operator can read:
+# the row of an instance that still owns an unfinished job or a held
+# reservation stays (it says which host and pid left it) until the work has
+# moved on or the reservation has ended; a live row is never touched.
+_PRUNABLE = (
+    "SELECT instances.id FROM instances WHERE instances.state <> 'live'"
+    " AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.owner_instance = instances.id"
+    " AND jobs.status NOT IN ('delivered', 'failed'))"
+    " AND NOT EXISTS (SELECT 1 FROM quota_entries"
+    " WHERE quota_entries.owner_instance = instances.id AND quota_entries.state = 'reserved')"
+)
+_PRUNE = f"DELETE FROM instances WHERE id IN ({_PRUNABLE})"  # noqa: S608 - constant SQL
+_PRUNE_SKIP_LOCKED = f"DELETE FROM instances WHERE id IN ({_PRUNABLE} FOR UPDATE SKIP LOCKED)"  # noqa: S608
 
 
 class _Sqlite:
@@ -217,6 +233,7 @@ class _Sqlite:
                     " WHERE job_id = ? AND state = 'reserved'",
                     (me, job_id),
                 )
+            conn.execute(_PRUNE)
             return ids
 
         return await self._worker.write(body)
@@ -258,6 +275,9 @@ class _Postgres:
                     me,
                     ids,
                 )
+            # SKIP LOCKED again: a row another adopter is deleting right now is
+            # left to it rather than waited for.
+            await conn.execute(_PRUNE_SKIP_LOCKED)
             return ids
 
 
@@ -438,7 +458,8 @@ class JobStore:
 
     async def adopt(self, me: str, now: float) -> list[JobRecord]:
         """Take the unfinished jobs of every instance that is not live (lease run
-        out, stopped, or never recorded), with their reservations."""
+        out, stopped, or never recorded), with their reservations; forget the
+        instances that are not live and own nothing any more."""
         ids = await self._db.adopt(me, now)
         records = [await self.get(job_id) for job_id in ids]
         return [record for record in records if record is not None]

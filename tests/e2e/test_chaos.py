@@ -7,7 +7,8 @@ job's own milestones; every other start comes back with another host name (a
 new UTS namespace, as a recreated container does) where this machine allows
 it, and always as a new instance. After the last start has settled
 everything: every job answered exactly once, no image free, none charged
-twice, no credits held, no provider job submitted twice.
+twice, no credits held, no provider job submitted twice, and no row left of
+the gone processes' instances.
 
 Each job comes from its own member, so an answer in the channel (after a
 restart there is no interaction token left) names the job it belongs to.
@@ -15,13 +16,7 @@ restart there is no interaction token left) names the job it belongs to.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import random
-import shutil
-import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,52 +24,13 @@ import pytest
 
 from tests.e2e.conftest import MEMBER_PERMISSIONS, process_env
 from tests.e2e.test_generation import answer_of, is_final, opt
-from tests.e2e.test_restart import BotProcess
+from tests.e2e.test_restart import BotProcess, can_rename_host, db_rows
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.providers import Processing, ProviderEmulator, Success
 
 SEED = 20261128
 ROUNDS = 6
 JOBS_PER_ROUND = 8  # 48 jobs in all
-
-
-def _can_rename_host() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "--uts", "sh", "-c", "hostname chaos-probe"],
-        capture_output=True,
-        check=False,
-    )
-    return probe.returncode == 0
-
-
-class ContainerProcess(BotProcess):
-    """A bot process that may come up under a host name of its own."""
-
-    hostname: str | None = None
-
-    async def _spawn(self, log: Any) -> asyncio.subprocess.Process:
-        command = [sys.executable, "-m", "bot", "--env-file", os.devnull, "run"]
-        if self.hostname is not None:
-            # unshare and sh both exec: the signals go to the bot itself.
-            script = f'hostname {self.hostname} && exec "$0" "$@"'
-            command = ["unshare", "--uts", "sh", "-c", script, *command]
-        return await asyncio.create_subprocess_exec(
-            *command, env=self.env, cwd=self.cwd, stdout=log, stderr=log
-        )
-
-
-def _db_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    if not path.exists():
-        return []
-    conn = sqlite3.connect(path, timeout=30)
-    try:
-        return [tuple(row) for row in conn.execute(sql).fetchall()]
-    except sqlite3.OperationalError:
-        return []  # not migrated yet
-    finally:
-        conn.close()
 
 
 def _prompt_of(request: Any) -> str | None:
@@ -87,7 +43,7 @@ def _prompt_of(request: Any) -> str | None:
 @pytest.mark.slow
 async def test_jobs_survive_random_kills_and_new_containers(tmp_path: Path) -> None:
     rng = random.Random(SEED)
-    rename = _can_rename_host()
+    rename = can_rename_host()
     async with (
         DiscordEmulator(heartbeat_interval=2.0) as discord_emu,
         ProviderEmulator() as providers,
@@ -118,13 +74,19 @@ async def test_jobs_survive_random_kills_and_new_containers(tmp_path: Path) -> N
             LEASE_TIMEOUT="2",
             LEASE_INTERVAL="0.5",
         )
-        bot = ContainerProcess(env, tmp_path, tmp_path / "bot.log")
+        bot = BotProcess(env, tmp_path, tmp_path / "bot.log")
         interactions: list[tuple[int, str, Any]] = []  # (member, prompt, record)
         stops: list[str] = []
+        started: list[tuple[str, str | None]] = []  # each start's instance: (id, host)
         try:
             for round_no in range(ROUNDS + 1):
                 bot.hostname = f"pod-{round_no}" if rename and round_no % 2 == 1 else None
                 await bot.start(discord_emu)
+                # Read now: once gone and owning nothing, an instance's row is deleted.
+                (newest,) = db_rows(
+                    database, "SELECT id, host FROM instances ORDER BY started_at DESC LIMIT 1"
+                )
+                started.append((str(newest[0]), newest[1]))
                 if round_no == ROUNDS:
                     break  # the last start only finishes what is left
                 # Behaviours for this round's provider calls, in a seeded mix.
@@ -152,7 +114,7 @@ async def test_jobs_survive_random_kills_and_new_containers(tmp_path: Path) -> N
                 keys = {str(record.id) for _, _, record in interactions[start:]}
 
                 def admitted(keys: set[str] = keys) -> bool:
-                    rows = _db_rows(database, "SELECT idempotency_key FROM jobs")
+                    rows = db_rows(database, "SELECT idempotency_key FROM jobs")
                     return keys <= {str(row[0]) for row in rows}
 
                 # Each job is on record before the moment of the kill is chosen: a
@@ -191,13 +153,13 @@ async def test_jobs_survive_random_kills_and_new_containers(tmp_path: Path) -> N
                 return int(is_final(answer_of(record))) + len(mentions)
 
             def reserved() -> int:
-                rows = _db_rows(
+                rows = db_rows(
                     database, "SELECT COUNT(*) FROM quota_entries WHERE state = 'reserved'"
                 )
                 return int(rows[0][0]) if rows else -1
 
             def unfinished() -> int:
-                rows = _db_rows(
+                rows = db_rows(
                     database,
                     "SELECT COUNT(*) FROM jobs WHERE status NOT IN ('delivered', 'failed')",
                 )
@@ -212,6 +174,14 @@ async def test_jobs_survive_random_kills_and_new_containers(tmp_path: Path) -> N
                 timeout=90,
                 what="every job answered and settled",
             )
+            # Every earlier instance owns nothing now: the next adopter's look
+            # (each LEASE_INTERVAL) forgets them, the last one's lease stays.
+            last = started[-1][0]
+            await discord_emu.wait_for(
+                lambda: {row[0] for row in db_rows(database, "SELECT id FROM instances")} == {last},
+                timeout=30,
+                what="the gone instances forgotten",
+            )
             assert await bot.terminate() == 0
         finally:
             await bot.stop()
@@ -220,14 +190,14 @@ async def test_jobs_survive_random_kills_and_new_containers(tmp_path: Path) -> N
         assert len(interactions) >= 40
         entries = {
             str(row[0]): (row[1], row[2], row[3])
-            for row in _db_rows(
+            for row in db_rows(
                 database,
                 "SELECT idempotency_key, state, cost_reserved, cost_settled FROM quota_entries",
             )
         }
         counts = {
             (str(row[0]), int(row[1]))
-            for row in _db_rows(
+            for row in db_rows(
                 database, "SELECT idempotency_key, COUNT(*) FROM quota_entries GROUP BY 1"
             )
         }
@@ -260,10 +230,8 @@ async def test_jobs_survive_random_kills_and_new_containers(tmp_path: Path) -> N
                 refunded += 1
                 assert state in (None, "refunded"), (prompt, state)
         assert delivered > 0 and refunded > 0, (delivered, refunded)
-        hosts = {
-            row[0] for row in _db_rows(database, "SELECT host FROM instances") if row[0] is not None
-        }
-        instances = _db_rows(database, "SELECT COUNT(*) FROM instances")[0][0]
-        assert instances == ROUNDS + 1  # a new identity on every start
+        assert len({instance for instance, _ in started}) == ROUNDS + 1  # new on every start
+        assert db_rows(database, "SELECT id, state FROM instances") == [(last, "stopped")]
+        hosts = {host for _, host in started if host is not None}
         if rename:  # otherwise only the instance changed, which is all that counts
             assert {f"pod-{n}" for n in range(1, ROUNDS + 1, 2)} <= hosts

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,10 +26,25 @@ from tests.emulators.discord import DiscordEmulator
 from tests.emulators.providers import Hang, Processing, ProviderEmulator, make_png
 
 
+def can_rename_host() -> bool:
+    """Whether a process can come up under a host name of its own (a new UTS
+    namespace, as a recreated container does) on this machine."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--uts", "sh", "-c", "hostname rename-probe"],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
 class BotProcess:
     def __init__(self, env: dict[str, str], cwd: Path, log: Path) -> None:
         self.env, self.cwd, self.log = env, cwd, log
         self.process: asyncio.subprocess.Process | None = None
+        # Set (where can_rename_host) to start the next process under this host name.
+        self.hostname: str | None = None
 
     async def start(self, discord_emu: DiscordEmulator, *, all_shards: bool = True) -> None:
         identified = discord_emu.identifies
@@ -39,10 +57,14 @@ class BotProcess:
             await discord_emu.wait_until_ready()
 
     async def _spawn(self, log: Any) -> asyncio.subprocess.Process:
+        command = [sys.executable, "-m", "bot", "--env-file", os.devnull, "run"]
+        if self.hostname is not None:
+            # unshare and sh both exec: the signals go to the bot itself.
+            script = f'hostname {self.hostname} && exec "$0" "$@"'
+            command = ["unshare", "--uts", "sh", "-c", script, *command]
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "--env-file", os.devnull, "run",
-            env=self.env, cwd=self.cwd, stdout=log, stderr=log,
-        )  # fmt: skip
+            *command, env=self.env, cwd=self.cwd, stdout=log, stderr=log
+        )
 
     def kill(self) -> None:
         assert self.process is not None
@@ -99,6 +121,19 @@ def _settings(env: dict[str, str]) -> Settings:
     return Settings(_env_file=None, data_dir=Path(env["DATA_DIR"]))
 
 
+def db_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of the bot's SQLite file as they are now (another process writes it)."""
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        return [tuple(row) for row in conn.execute(sql).fetchall()]
+    except sqlite3.OperationalError:
+        return []  # not migrated yet
+    finally:
+        conn.close()
+
+
 async def guild_balance(env: dict[str, str], guild_id: int) -> Any:
     async with open_ledger(_settings(env), sweep=False) as ledger:
         return (await ledger.balance(str(guild_id))).guild
@@ -145,8 +180,11 @@ async def imagine(discord_emu, ids, prompt: str, provider: str = "modelslab"):
 
 
 async def test_killed_while_polling_resumes_and_delivers_once(setup):
+    """The next start may come as a new container, under another host name:
+    the job goes by the instance's lease, never by host or pid."""
     discord_emu, providers, ids, bot, env = setup
     await bot.start(discord_emu)
+    ((killed,),) = db_rows(_settings(env).sqlite_path, "SELECT id FROM instances")
     providers.script("text2img", Processing(polls=40, eta=0.1))
     await imagine(discord_emu, ids, "survive a crash")
     await discord_emu.wait_for(lambda: len(providers.requests_to("fetch")) >= 2, timeout=20)
@@ -154,6 +192,8 @@ async def test_killed_while_polling_resumes_and_delivers_once(setup):
     await bot.wait()
     polls_before = len(providers.requests_to("fetch"))
 
+    if can_rename_host():
+        bot.hostname = "replacement"
     await bot.start(discord_emu)
     await discord_emu.wait_for(lambda: results_in(discord_emu, ids["channel_id"]), timeout=60)
     # The settle follows the post and ends the job: a second post would be in by then.
@@ -164,6 +204,10 @@ async def test_killed_while_polling_resumes_and_delivers_once(setup):
     assert len(providers.requests_to("fetch")) > polls_before  # it polled again
     assert len(providers.requests_to("text2img")) == 1  # and never submitted twice
     assert (balance.used, balance.reserved) == (1, 0)
+    # The killed instance's row went with its job: only the new one is left.
+    ((instance, host),) = db_rows(_settings(env).sqlite_path, "SELECT id, host FROM instances")
+    assert instance != killed
+    assert bot.hostname is None or host == bot.hostname
 
 
 async def test_killed_while_downloading_fetches_again(setup):

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
 
 from bot.config import Settings
 from bot.quota import open_ledger
 from tests.e2e.conftest import process_env
-from tests.e2e.test_chaos import ContainerProcess, _can_rename_host
 from tests.e2e.test_generation import answer_of, is_final, opt
-from tests.e2e.test_restart import BotProcess
+from tests.e2e.test_restart import BotProcess, can_rename_host
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.providers import Processing, ProviderEmulator
 
@@ -123,7 +125,8 @@ async def test_a_lost_shard_process_s_jobs_are_delivered_by_the_other(pg_url, tm
     """Two shard processes on "different machines" (host names of their own where
     this machine allows it, separate data directories) share PostgreSQL. One is
     killed mid-job; the other adopts its job once the lease runs out and posts
-    the result in the job's channel, charged once."""
+    the result in the job's channel, charged once. The lost one's instance is
+    forgotten once its job has moved on."""
     lease_timeout, lease_interval = 3.0, 0.5
     async with (
         DiscordEmulator(heartbeat_interval=2.0, shard_count=2) as discord_emu,
@@ -161,10 +164,9 @@ async def test_a_lost_shard_process_s_jobs_are_delivered_by_the_other(pg_url, tm
         _, err = await sync.communicate()
         assert sync.returncode == 0, err.decode()
 
-        rename = _can_rename_host()
+        rename = can_rename_host()
         bots = [
-            ContainerProcess(env_for(shard), tmp_path, tmp_path / f"bot-{shard}.log")
-            for shard in (0, 1)
+            BotProcess(env_for(shard), tmp_path, tmp_path / f"bot-{shard}.log") for shard in (0, 1)
         ]
         for shard, bot in enumerate(bots):
             bot.hostname = f"machine-{shard}" if rename else None
@@ -228,4 +230,12 @@ async def test_a_lost_shard_process_s_jobs_are_delivered_by_the_other(pg_url, tm
         async with open_ledger(settings, sweep=False) as ledger:
             balance = (await ledger.balance(str(guild_id))).guild
             assert (balance.used, balance.reserved) == (1, 0)
+        conn = await asyncpg.connect(pg_url)
+        try:
+            instances = [
+                tuple(row) for row in await conn.fetch("SELECT host, state FROM instances")
+            ]
+        finally:
+            await conn.close()
+        assert instances == [(bots[1].hostname or socket.gethostname(), "stopped")]
         discord_emu.assert_no_violations()

@@ -1,4 +1,5 @@
-"""Instance leases: who owns a job, who adopts it, and what a stalled owner finds.
+"""Instance leases: who owns a job, who adopts it, what a stalled owner finds, and
+when the row of a gone instance is deleted.
 
 Every test runs on SQLite and on PostgreSQL (where ``TEST_DATABASE_URL`` is set).
 Two stores on one database stand for two processes, on any machines: nothing
@@ -12,9 +13,11 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiosqlite
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from bot.config import Settings
@@ -28,6 +31,9 @@ from tests.conftest import LedgerDb
 
 # A lease short enough to run out within a test; never waited on by the clock.
 SETTINGS = Settings(_env_file=None, lease_timeout=3, lease_interval=1)
+# A lease that cannot run out during a test however slow the machine: the gone
+# instances of a test are expired by hand.
+LASTING = Settings(_env_file=None, lease_timeout=3600, lease_interval=1)
 
 
 @contextlib.asynccontextmanager
@@ -74,13 +80,20 @@ async def start_job(jobs: JobStore, ledger: QuotaService, user: str = "u1") -> J
 
 async def expire(db: LedgerDb, instance: str) -> None:
     """The owner stops renewing: its lease ends as if LEASE_TIMEOUT had passed."""
-    sql, params = "UPDATE instances SET expires_at = ? WHERE id = ?", (time.time() - 1, instance)
+    await run_sql(db, "UPDATE instances SET expires_at = ? WHERE id = ?", time.time() - 1, instance)
+
+
+async def run_sql(db: LedgerDb, sql: str, *params: object) -> None:
     if db.path is None:
         await db.fetch(sql, *params)
         return
     async with aiosqlite.connect(db.path) as conn:
         await conn.execute(sql, params)
         await conn.commit()
+
+
+async def instance_ids(db: LedgerDb) -> set[str]:
+    return {str(row[0]) for row in await db.fetch("SELECT id FROM instances")}
 
 
 async def test_a_job_outlives_its_process_and_is_adopted_once(
@@ -138,12 +151,15 @@ async def test_a_process_whose_lease_was_taken_carries_on_under_a_new_one(
         await expire(ledger_db, first)
         (taken,) = await lease.adopt()  # any adopter marks it expired, this one too
         assert taken.id == job.id
+        # Gone, but it owns the job it just took: its row stays.
+        assert first in await instance_ids(ledger_db)
         assert not await lease.renew()
         second = await lease.acquire()
         assert second != first and jobs.instance == ledger.instance == second
         (adopted,) = await lease.adopt()
         assert adopted.id == job.id
         assert await lease.renew()
+        assert await instance_ids(ledger_db) == {second}
 
 
 async def test_many_adopters_at_once_take_each_job_exactly_once(
@@ -197,3 +213,77 @@ async def test_a_result_being_posted_is_no_longer_in_progress(
         # A hold that ended (swept, refunded) cannot be posted against.
         with pytest.raises(DeliveryError):
             await ledger.begin_delivery(second)
+
+
+async def test_gone_instances_are_forgotten_once_they_own_nothing(
+    ledger_db: LedgerDb, tmp_path: Path
+) -> None:
+    """Every start registers an instance: the rows of gone ones are deleted by
+    the next adopter, except while they still own work."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start() -> tuple[JobStore, QuotaService, Lease]:
+            jobs, ledger = await stack.enter_async_context(process(ledger_db, tmp_path))
+            lease = Lease(jobs, LASTING, (ledger,))
+            await lease.acquire()
+            return jobs, ledger, lease
+
+        jobs_live, ledger_live, live = await start()
+        live_job = await start_job(jobs_live, ledger_live, user="live")
+        _, _, stopped = await start()
+        await stopped.release()
+        _, _, idle = await start()
+        jobs_busy, ledger_busy, busy = await start()
+        busy_job = await start_job(jobs_busy, ledger_busy, user="busy")
+        # Its job ended but its refund never happened: the credits stay held,
+        # owned by it, until RESERVATION_TIMEOUT.
+        jobs_held, ledger_held, held = await start()
+        held_job = await start_job(jobs_held, ledger_held, user="held")
+        await jobs_held.mark_failed(held_job.id, "the refund was lost")
+        for gone in (idle, busy, held):
+            await expire(ledger_db, gone.id or "")
+        _, ledger_adopter, adopter = await start()
+
+        (adopted,) = await adopter.adopt()
+        assert adopted.id == busy_job.id
+        # The busy one's job moved on, so its row went in the same transaction.
+        assert await instance_ids(ledger_db) == {live.id, held.id, adopter.id}
+        owners = dict(await ledger_db.fetch("SELECT id, owner_instance FROM jobs"))
+        assert owners[live_job.id] == live.id and owners[busy_job.id] == adopter.id
+
+        await ledger_adopter.sweep_expired(datetime.now(UTC) + timedelta(hours=1))
+        assert await adopter.adopt() == []
+        assert await instance_ids(ledger_db) == {live.id, adopter.id}
+        # The live one, its job and its lease untouched.
+        assert await live.renew()
+        assert (await jobs_live.get(live_job.id)) is not None
+
+
+async def test_an_instance_keeps_its_row_while_another_adopter_holds_its_job(
+    ledger_db: LedgerDb, tmp_path: Path
+) -> None:
+    """PostgreSQL: an adopter skips the jobs another one is taking (SKIP LOCKED),
+    so the owner of a skipped job still owns it and keeps its row."""
+    if ledger_db.backend != "postgresql":
+        pytest.skip("SQLite adopters run one at a time")
+    async with process(ledger_db, tmp_path) as (jobs, ledger):
+        dead = Lease(jobs, LASTING, (ledger,))
+        dead_id = await dead.acquire()
+        job = await start_job(jobs, ledger)
+        await expire(ledger_db, dead_id)
+        async with process(ledger_db, tmp_path) as (jobs_b, ledger_b):
+            adopter = Lease(jobs_b, LASTING, (ledger_b,))
+            await adopter.acquire()
+            conn = await asyncpg.connect(ledger_db.url)
+            try:
+                other = conn.transaction()
+                await other.start()
+                await conn.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)
+                assert await adopter.adopt() == []
+                assert dead_id in await instance_ids(ledger_db)
+                await other.rollback()
+            finally:
+                await conn.close()
+            (adopted,) = await adopter.adopt()
+            assert adopted.id == job.id
+            assert await instance_ids(ledger_db) == {adopter.id}
