@@ -7,6 +7,7 @@ which live in the test process and outlive it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -134,6 +135,13 @@ def db_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+def held_reservations(env: dict[str, str]) -> int:
+    rows = db_rows(
+        _settings(env).sqlite_path, "SELECT COUNT(*) FROM quota_entries WHERE state = 'reserved'"
+    )
+    return int(rows[0][0]) if rows else 0
+
+
 async def guild_balance(env: dict[str, str], guild_id: int) -> Any:
     async with open_ledger(_settings(env), sweep=False) as ledger:
         return (await ledger.balance(str(guild_id))).guild
@@ -216,13 +224,23 @@ async def test_killed_while_downloading_fetches_again(setup):
     providers.script("file", Hang(120))
     await imagine(discord_emu, ids, "download me")
     await discord_emu.wait_for(lambda: bool(providers.requests_to("file")), timeout=20)
-    await asyncio.sleep(0.3)
+
+    # The links are journaled beside the download, not before it: the kill
+    # must come once they are on record for the next start to fetch them.
+    def links_on_record() -> bool:
+        rows = db_rows(_settings(env).sqlite_path, "SELECT status, outputs_json FROM jobs")
+        return [(status, bool(json.loads(urls or "[]"))) for status, urls in rows] == [
+            ("downloading", True)
+        ]
+
+    await discord_emu.wait_for(links_on_record, timeout=20, what="the result links on record")
     bot.kill()
     await bot.wait()
 
     await bot.start(discord_emu)
     await discord_emu.wait_for(lambda: results_in(discord_emu, ids["channel_id"]), timeout=60)
     assert len(providers.requests_to("text2img")) == 1
+    assert len(providers.requests_to("file")) == 2  # fetched again from the recorded link
     balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (1, 0)
 
@@ -233,7 +251,8 @@ async def test_killed_during_a_synchronous_call_refunds_and_says_why(setup):
     providers.script("nbpro", Hang(120))
     await imagine(discord_emu, ids, "lost in flight", provider="nanobanana")
     await discord_emu.wait_for(lambda: bool(providers.requests_to("nbpro")), timeout=20)
-    await asyncio.sleep(0.3)
+    # Held before the call is made: what the next start must find and refund.
+    assert held_reservations(env) == 1
     bot.kill()
     await bot.wait()
 
@@ -257,7 +276,11 @@ async def test_killed_while_queued_refunds_the_waiting_job(setup):
     await imagine(discord_emu, ids, "first, hanging")
     await discord_emu.wait_for(lambda: bool(providers.requests_to("text2img")), timeout=20)
     await imagine(discord_emu, ids, "second, queued")
-    await asyncio.sleep(1.0)
+    # The second job is on record with its credits held (it then waits for the
+    # provider's only slot): the next start must refund both.
+    await discord_emu.wait_for(
+        lambda: held_reservations(env) == 2, timeout=20, what="both jobs holding credits"
+    )
     bot.kill()
     await bot.wait()
 

@@ -75,7 +75,12 @@ async def test_queued_bodies_share_a_commit_but_fail_alone(tmp_path: Path) -> No
         tasks = {
             n: asyncio.create_task(store.write(functools.partial(grant, n=n))) for n in range(1, 13)
         }
-        await asyncio.sleep(0.05)
+        queue = store._open_worker()._queue
+        for _ in range(100):  # until every body is queued behind the blocker
+            if queue.qsize() == len(tasks):
+                break
+            await asyncio.sleep(0)
+        assert queue.qsize() == len(tasks)
         tasks[5].cancel()
         tasks[7].cancel()
         await asyncio.wait([tasks[5], tasks[7]])

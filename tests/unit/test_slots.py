@@ -60,8 +60,11 @@ async def test_cancelled_waiter_leaves_the_queue_and_frees_nothing_twice():
     later = asyncio.Event()
     third = asyncio.create_task(holder(later))
     fourth = asyncio.create_task(holder(later))
-    await asyncio.sleep(0.01)
-    assert slots.waiting == 1
+    for _ in range(100):  # until both have either got a slot or queued for one
+        if inside + slots.waiting == 2:
+            break
+        await asyncio.sleep(0)
+    assert (inside, slots.waiting) == (1, 1)
     later.set()
     await asyncio.gather(third, fourth)
     assert peak == 1
