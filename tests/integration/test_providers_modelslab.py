@@ -4,6 +4,7 @@ keeping the key out of messages and logs."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import logging
@@ -36,6 +37,7 @@ from bot.models import (
     ReferenceImage,
     Stage,
 )
+from bot.providers import modelslab
 from bot.providers._http import HttpResponse
 from bot.providers.modelslab import ModelsLabProvider
 from tests.emulators.providers import (
@@ -464,13 +466,33 @@ async def test_poll_wait_capped_by_poll_max(emu: ProviderEmulator, session: aioh
     assert time.monotonic() - started < 1.0
 
 
-async def test_poll_backs_off(emu: ProviderEmulator, session: aiohttp.ClientSession):
+class _SleepSpy:
+    """The provider module's ``asyncio``, noting each wait it asks for: the backoff
+    is read from what was asked, not from wall-clock gaps a loaded machine stretches."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay: float) -> None:
+        self.waits.append(delay)
+        await asyncio.sleep(delay)
+
+
+async def test_poll_backs_off(
+    emu: ProviderEmulator, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+):
+    spy = _SleepSpy()
+    monkeypatch.setattr(modelslab, "asyncio", spy)
     emu.script("text2img", Processing(polls=5, eta=0))
-    await run(client(emu, session, poll_initial=0.02, poll_max=1.0), text())
+    await run(client(emu, session, poll_initial=0.02, poll_max=0.05), text())
+    assert len(emu.requests_to("fetch")) == 5
+    # ×1.5 per poll from poll_initial, never above poll_max.
+    assert spy.waits == pytest.approx([0.02, 0.03, 0.045, 0.05, 0.05])
     times = [r.received_at for r in emu.requests_to("fetch")]
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert len(gaps) == 4
-    assert gaps[-1] > gaps[0] * 1.5  # grows ×1.5 per poll: 3.4× by the fifth
+    assert all(b - a >= 0.03 for a, b in itertools.pairwise(times))  # waits are real
 
 
 async def test_poll_retries_rate_limit_and_server_errors(
