@@ -588,7 +588,13 @@ class GenerationService:
     async def upscale_pick(
         self, interaction: discord.Interaction[ImageBot], job_id: str, n: int
     ) -> None:
-        record = await self.record_for(interaction, job_id)
+        # A ban or a channel rule refuses a pick too, privately and before anything
+        # public, as on the other buttons. A pick makes no new image, so its prompt
+        # is not checked again, and with the checks out of time it goes ahead.
+        pressed = await self._check_press(interaction, job_id)
+        if pressed.gate is not None and await self._refused(interaction, pressed.gate):
+            return
+        record = pressed.record or await self.record_for(interaction, job_id)
         # Refused before deferring, so the reason is a private first answer.
         with self.picks.hold(str(interaction.user.id)):
             await interaction.response.defer(

@@ -4,6 +4,8 @@ A re-roll or a variation answered with a public "thinking…" first shows the
 whole channel that someone pressed a button, then refuses them privately. The
 buttons run the member checks (ban, allowed channels, blocked words) before they
 acknowledge, so a refusal is the private first response, as for the commands.
+The full-size picks (U1–U4) too: they make no new image, but a ban or a channel
+rule stops them like the rest.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ async def nothing_spent_by(world: World, user_id: int, *, generations_before: in
     assert generations(world) == generations_before + 1  # the barrier's only
 
 
-@pytest.mark.parametrize("button", ["reroll:{job}:0", "var:{job}:1"])
+@pytest.mark.parametrize("button", ["reroll:{job}:0", "var:{job}:1", "up:{job}:1"])
 async def test_a_banned_member_pressing_a_result_button_is_refused_privately_first(
     world: World, button: str
 ):
@@ -94,7 +96,7 @@ async def test_a_banned_member_pressing_a_result_button_is_refused_privately_fir
     await nothing_spent_by(world, bruno.id, generations_before=generations_before)
 
 
-@pytest.mark.parametrize("button", ["reroll:{job}:0", "var:{job}:2", "edit:{job}:0"])
+@pytest.mark.parametrize("button", ["reroll:{job}:0", "var:{job}:2", "edit:{job}:0", "up:{job}:2"])
 async def test_a_button_in_a_channel_no_longer_allowed_is_refused_privately_first(
     world: World, button: str
 ):
