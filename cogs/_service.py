@@ -575,26 +575,35 @@ class GenerationService:
             restyle=False,
         )
 
-    async def edit_form_record(
+    async def checked_record(
         self, interaction: discord.Interaction[ImageBot], job_id: str
     ) -> JobRecord | None:
-        """The result the Edit button's form is for, once the member may use it:
-        a banned member is told before typing a prompt, not after. None if refused."""
+        """The result a button acts on, once the member may use it; None if a ban
+        or a channel rule refused them, privately and before anything else (a
+        banned member is told before typing a prompt in the Edit form, not after)."""
         pressed = await self._check_press(interaction, job_id)
         if pressed.gate is not None and await self._refused(interaction, pressed.gate):
             return None
         return pressed.record or await self.record_for(interaction, job_id)
 
+    async def may_open_form(self, interaction: discord.Interaction[ImageBot]) -> bool:
+        """Before a message menu opens its prompt form: False if a ban or a channel
+        rule refused the member, privately, so that nobody types a prompt for
+        nothing. Out of time, the form opens; its submit checks again."""
+        if not self.bot.accepting:
+            raise UserError(RESTARTING)
+        gate = await self._early_gate(interaction)
+        return gate is None or not await self._refused(interaction, gate)
+
     async def upscale_pick(
         self, interaction: discord.Interaction[ImageBot], job_id: str, n: int
     ) -> None:
-        # A ban or a channel rule refuses a pick too, privately and before anything
-        # public, as on the other buttons. A pick makes no new image, so its prompt
-        # is not checked again, and with the checks out of time it goes ahead.
-        pressed = await self._check_press(interaction, job_id)
-        if pressed.gate is not None and await self._refused(interaction, pressed.gate):
+        # A ban or a channel rule refuses a pick too, as on the other buttons. A
+        # pick makes no new image, so its prompt is not checked again, and with the
+        # checks out of time it goes ahead.
+        record = await self.checked_record(interaction, job_id)
+        if record is None:
             return
-        record = pressed.record or await self.record_for(interaction, job_id)
         # Refused before deferring, so the reason is a private first answer.
         with self.picks.hold(str(interaction.user.id)):
             await interaction.response.defer(

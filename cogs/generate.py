@@ -294,6 +294,8 @@ class Generation(commands.Cog, name=GENERATION_COG):
             request = GenerationRequest(mode=Mode.EDIT, prompt=prompt)
             await self.service.start(modal_interaction, request, images[:1])
 
+        if not await self.service.may_open_form(interaction):
+            return
         await interaction.response.send_modal(
             PromptModal(
                 title="Edit image",
@@ -315,6 +317,8 @@ class Generation(commands.Cog, name=GENERATION_COG):
             request = GenerationRequest(mode=Mode.BLEND, prompt=prompt)
             await self.service.start(modal_interaction, request, images)
 
+        if not await self.service.may_open_form(interaction):
+            return
         await interaction.response.send_modal(
             PromptModal(
                 title="Blend images",
@@ -349,7 +353,7 @@ class Generation(commands.Cog, name=GENERATION_COG):
         elif action == "info":
             await self.service.info(interaction, job_id)
         elif action == "edit":
-            record = await self.service.edit_form_record(interaction, job_id)
+            record = await self.service.checked_record(interaction, job_id)
             if record is None:
                 return
 

@@ -5,11 +5,13 @@ whole channel that someone pressed a button, then refuses them privately. The
 buttons run the member checks (ban, allowed channels, blocked words) before they
 acknowledge, so a refusal is the private first response, as for the commands.
 The full-size picks (U1–U4) too: they make no new image, but a ban or a channel
-rule stops them like the rest.
+rule stops them like the rest. The message menus check before opening their
+prompt form, so that nobody types a prompt for nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from tests.e2e.test_member import balance
 from tests.e2e.test_moderation import moderation
 from tests.e2e.test_quota import quota
 from tests.emulators.discord import InteractionRecord, MessageRecord
+from tests.emulators.providers import make_png
 
 CHANNEL_MESSAGE = 4
 DEFERRED = 5
@@ -177,3 +180,32 @@ async def test_a_banned_member_is_still_refused_when_the_early_checks_run_out_of
     assert press.original is not None and press.original.deleted  # the placeholder went
     monkeypatch.undo()
     await nothing_spent_by(world, bruno.id, generations_before=generations_before)
+
+
+@pytest.mark.parametrize("menu", ["Edit image", "Blend images"])
+async def test_a_banned_member_opening_a_message_menu_is_refused_before_its_form(
+    world: World, menu: str
+):
+    png = await asyncio.to_thread(make_png, 640, 480)
+    attachments = [
+        world.discord.add_attachment(world.channel_id, png, f"cat{n}.png", "image/png")
+        for n in range(2)
+    ]
+    target = world.discord.add_message(
+        world.channel_id, author_id=world.member_id, attachments=attachments
+    )
+    bruno = world.discord.add_member(world.guild_id, name="bruno", permissions=MEMBER_PERMISSIONS)
+    await ban(world, bruno.id, "photo spam")
+    seen_before = public_messages(world)
+
+    opened = await world.discord.message_command(
+        menu,
+        guild_id=world.guild_id,
+        channel_id=world.channel_id,
+        user_id=bruno.id,
+        message=target,
+    )
+    text = await refused_privately(opened)  # not a form to type a prompt into
+
+    assert "banned" in text and "photo spam" in text
+    assert public_messages(world) == seen_before
