@@ -43,7 +43,7 @@ from bot.quota.models import (
 )
 from bot.quota.periods import parse_period
 from bot.quota.rows import RowMapper
-from bot.quota.store import ANYONE, Holder
+from bot.quota.store import Holder, held_by
 
 T = TypeVar("T")
 
@@ -87,15 +87,6 @@ def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("datetimes stored in the ledger must be timezone-aware")
     return value
-
-
-def _held_by(holder: Holder, number: int) -> tuple[str, tuple[str, ...]]:
-    """The WHERE clause (and its parameter, ``$number``) of an update for ``holder`` only."""
-    if holder is ANYONE:
-        return "", ()
-    if holder is None:
-        return " AND owner_instance IS NULL", ()
-    return f" AND (owner_instance IS NULL OR owner_instance = ${number})", (holder,)
 
 
 class PostgresTx:
@@ -319,7 +310,7 @@ class PostgresTx:
         *,
         holder: Holder,
     ) -> bool:
-        held, params = _held_by(holder, 6)
+        held, params = held_by(holder, "$6")
         # LEAST() skips NULLs: a refund's NULL must stay NULL, not become the hold.
         count = await self._run(
             "UPDATE quota_entries SET state = $1, cost_settled ="  # noqa: S608 - a constant clause
@@ -335,7 +326,7 @@ class PostgresTx:
         return count > 0
 
     async def mark_delivering(self, reservation_id: str, now: datetime, *, holder: Holder) -> bool:
-        held, params = _held_by(holder, 3)
+        held, params = held_by(holder, "$3")
         count = await self._run(
             "UPDATE quota_entries SET delivering = 1, updated_at = $1"  # noqa: S608 - a constant clause
             f" WHERE reservation_id = $2 AND state = 'reserved'{held}",

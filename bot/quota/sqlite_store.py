@@ -38,7 +38,7 @@ from bot.quota.models import (
 )
 from bot.quota.periods import parse_period
 from bot.quota.rows import RowMapper
-from bot.quota.store import ANYONE, Holder
+from bot.quota.store import Holder, held_by
 from bot.sqlite_worker import SqliteWorker
 
 T = TypeVar("T")
@@ -80,15 +80,6 @@ _ENTRY_COLUMNS = (
 
 _ROWS = RowMapper(from_db)
 _entry, _grant, _reset, _ban = _ROWS.entry, _ROWS.grant, _ROWS.reset, _ROWS.ban
-
-
-def _held_by(holder: Holder) -> tuple[str, tuple[str, ...]]:
-    """The WHERE clause (and its parameters) of an update for ``holder`` only."""
-    if holder is ANYONE:
-        return "", ()
-    if holder is None:
-        return " AND owner_instance IS NULL", ()
-    return " AND (owner_instance IS NULL OR owner_instance = ?)", (holder,)
 
 
 class SqliteTx:
@@ -295,9 +286,12 @@ class SqliteTx:
             ),
         )
         # Built from what was written rather than read back: one statement fewer
-        # on every reservation.
+        # on every reservation. The column's text reads back as the same instant
+        # in UTC, to the microsecond (tests/unit/test_ledger_times.py).
         return entry.stored(
-            entry_id, period_start=from_db(period_start), created_at=from_db(created)
+            entry_id,
+            period_start=entry.period_start.astimezone(UTC),
+            created_at=entry.created_at.astimezone(UTC),
         )
 
     async def finish_entry(
@@ -310,7 +304,7 @@ class SqliteTx:
         *,
         holder: Holder,
     ) -> bool:
-        held, params = _held_by(holder)
+        held, params = held_by(holder, "?")
         # MIN() of NULL is NULL: a refund charges nothing.
         count = self._run(
             "UPDATE quota_entries SET state = ?, cost_settled = MIN(?, cost_reserved),"  # noqa: S608 - a constant clause
@@ -320,7 +314,7 @@ class SqliteTx:
         return count > 0
 
     async def mark_delivering(self, reservation_id: str, now: datetime, *, holder: Holder) -> bool:
-        held, params = _held_by(holder)
+        held, params = held_by(holder, "?")
         count = self._run(
             "UPDATE quota_entries SET delivering = 1, updated_at = ?"  # noqa: S608 - a constant clause
             f" WHERE reservation_id = ? AND state = 'reserved'{held}",

@@ -57,6 +57,17 @@ ANYONE: Final = _Anyone.ANYONE
 Holder = str | None | _Anyone
 
 
+def held_by(holder: Holder, placeholder: str) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause of an update for entries ``holder`` may change, and its
+    parameters; ``placeholder`` is the backend's for the next one (``?``, ``$6``).
+    An entry no process holds is anyone's."""
+    if holder is ANYONE:
+        return "", ()
+    if holder is None:
+        return " AND owner_instance IS NULL", ()
+    return f" AND (owner_instance IS NULL OR owner_instance = {placeholder})", (holder,)
+
+
 def guild_scope(guild_id: str) -> str:
     return f"guild:{guild_id}"
 
