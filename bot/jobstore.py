@@ -26,7 +26,8 @@ from bot.migrate import (
     prepare_connection,
 )
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
-from bot.quota.base import Reservation
+from bot.quota.base import JournalStep, Reservation
+from bot.sql import numbered, postgres_database_id
 from bot.sqlite_worker import SqliteWorker
 
 
@@ -147,6 +148,9 @@ ALLOWED_CHANNELS_SQL = "SELECT channel_id FROM guild_channels WHERE guild_id = ?
 class _Database(Protocol):
     """The two calls the job store needs, with ``?`` placeholders on either backend."""
 
+    @property
+    def database_id(self) -> str: ...
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement; returns the number of rows it changed."""
         ...
@@ -200,6 +204,10 @@ class _Sqlite:
     def __init__(self, worker: SqliteWorker) -> None:
         self._worker = worker
 
+    @property
+    def database_id(self) -> str:
+        return self._worker.database_id
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         values = tuple(params)
         return await self._worker.write(lambda conn: conn.execute(sql, values).rowcount)
@@ -240,21 +248,22 @@ class _Sqlite:
 
 
 class _Postgres:
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, url: str) -> None:
         self._pool = pool
+        self.database_id = postgres_database_id(url)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        status: str = await self._pool.execute(_numbered(sql), *params)
+        status: str = await self._pool.execute(numbered(sql), *params)
         count = status.rsplit(" ", 1)[-1]  # "UPDATE 1", "INSERT 0 1"
         return int(count) if count.isdigit() else 0
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        return [tuple(row) for row in await self._pool.fetch(_numbered(sql), *params)]
+        return [tuple(row) for row in await self._pool.fetch(numbered(sql), *params)]
 
     async def fetch_many(self, queries: Sequence[Query]) -> list[list[Sequence[Any]]]:
         async with self._pool.acquire() as conn, conn.transaction(readonly=True):
             return [
-                [tuple(row) for row in await conn.fetch(_numbered(sql), *params)]
+                [tuple(row) for row in await conn.fetch(numbered(sql), *params)]
                 for sql, params in queries
             ]
 
@@ -262,7 +271,7 @@ class _Postgres:
         # SKIP LOCKED: a job another adopter is taking right now is left to it;
         # once that one commits, the job's owner is live and no longer matches.
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(_numbered(_EXPIRE), now)
+            await conn.execute(numbered(_EXPIRE), now)
             rows = await conn.fetch(_ORPHANS + " FOR UPDATE OF jobs SKIP LOCKED")
             ids = [str(row[0]) for row in rows]
             if ids:
@@ -281,17 +290,16 @@ class _Postgres:
             return ids
 
 
-def _numbered(sql: str) -> str:
-    """``?`` placeholders as PostgreSQL's ``$1, $2, ...`` (no ``?`` in our literals)."""
-    parts = sql.split("?")
-    return "".join(part + (f"${i}" if i < len(parts) else "") for i, part in enumerate(parts, 1))
-
-
 class JobStore:
     def __init__(self, db: _Database) -> None:
         self._db = db
         # The lease (bot.lease) new jobs are admitted under; None without one.
         self.instance: str | None = None
+
+    @property
+    def database_id(self) -> str:
+        """The database the journal is in, as ``Ledger.database_id`` names it."""
+        return self._db.database_id
 
     @property
     def database(self) -> _Database:
@@ -331,15 +339,26 @@ class JobStore:
         try:
             async with pool.acquire() as conn:
                 await apply_postgres_migrations(conn)
-            yield cls(_Postgres(pool))
+            yield cls(_Postgres(pool, url))
         finally:
             await pool.close()
 
     # --- the pipeline's journal ---------------------------------------------
     async def admit(self, job: Job) -> bool:
-        return await self.record_accepted(job.id, job.request, job.provider, job.cost)
+        step = self.admission(job)
+        return await self._db.execute(step.sql, step.params) == 1
+
+    def admission(self, job: Job) -> JournalStep:
+        """``admit`` as a step a ledger transaction can carry: it changes no row
+        when the job's idempotency key is taken."""
+        return self._accepted(job.id, job.request, job.provider, job.cost)
 
     async def record(self, job: Job, status: str, **fields: Any) -> None:
+        step = self.step(job, status, **fields)
+        await self._db.execute(step.sql, step.params)
+
+    def step(self, job: Job, status: str, **fields: Any) -> JournalStep:
+        """``record`` as a step a ledger transaction can carry."""
         columns = {"status": status, "updated_at": _now()}
         if "reservation" in fields:
             columns["reservation_json"] = reservation_to_json(fields["reservation"])
@@ -354,7 +373,7 @@ class JobStore:
         if "error" in fields:
             columns["error"] = str(fields["error"])[:500]
         assignments = ", ".join(f"{name} = ?" for name in columns)
-        await self._db.execute(
+        return JournalStep(
             f"UPDATE jobs SET {assignments} WHERE id = ?",  # noqa: S608 - fixed column names
             (*columns.values(), job.id),
         )
@@ -372,8 +391,14 @@ class JobStore:
     ) -> bool:
         """Record a job; False when its idempotency key (interaction id) is already
         taken, i.e. a duplicate event or a double click."""
+        step = self._accepted(job_id, request, provider, cost)
+        return await self._db.execute(step.sql, step.params) == 1
+
+    def _accepted(
+        self, job_id: str, request: GenerationRequest, provider: str, cost: int
+    ) -> JournalStep:
         now = _now()
-        inserted = await self._db.execute(
+        return JournalStep(
             "INSERT INTO jobs (id, idempotency_key, guild_id, channel_id, user_id,"
             " mode, provider, request_json, status, cost, created_at, updated_at,"
             " owner_instance)"
@@ -394,7 +419,6 @@ class JobStore:
                 self.instance,
             ),
         )
-        return inserted == 1
 
     async def mark_delivered(
         self,

@@ -44,6 +44,7 @@ from queue import SimpleQueue
 from typing import Any, TypeVar, cast
 
 from bot.migrate import BUSY_TIMEOUT_MS, CONNECTION_PRAGMAS
+from bot.sql import sqlite_database_id
 
 # How many queued bodies one commit may carry: enough that a burst of
 # reservations shares few commits, few enough that one batch cannot hold the
@@ -107,6 +108,10 @@ class SqliteWorker:
         )
         self._thread.start()
         self._checkpointer.start()
+
+    @property
+    def database_id(self) -> str:
+        return sqlite_database_id(self.path)
 
     async def write(self, body: Body[T]) -> T:
         return await self._submit(body, writes=True)

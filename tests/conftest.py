@@ -30,6 +30,7 @@ import pytest
 
 from bot.quota import LedgerStore, store_for_url
 from bot.quota.sqlite_store import to_db
+from bot.sql import numbered
 
 T = TypeVar("T")
 
@@ -159,12 +160,6 @@ class LedgerDb:
         finally:
             await conn.close()
         return [tuple(row) for row in rows]
-
-
-def numbered(sql: str) -> str:
-    """``?`` placeholders as PostgreSQL's ``$1``, ``$2``, ..."""
-    counter = iter(range(1, sql.count("?") + 1))
-    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
 
 
 def sqlite_db(path: Path) -> LedgerDb:

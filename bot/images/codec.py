@@ -173,14 +173,21 @@ _PNG_MAX_CHUNK = 0x7FFFFFFF  # the PNG spec's limit on a chunk's length
 _PNG_DEPTHS = {0: {1, 2, 4, 8, 16}, 2: {8, 16}, 3: {1, 2, 4, 8}, 4: {8, 16}, 6: {8, 16}}
 
 
-def verify_png(data: bytes, *, corrupt: str) -> tuple[int, int]:
+class ChunkBudgetSpent(Exception):
+    """``verify_png`` met more chunks than its caller allowed (``max_chunks``)."""
+
+
+def verify_png(data: bytes, *, corrupt: str, max_chunks: int | None = None) -> tuple[int, int]:
     """The PNG's width and height, once every chunk is whole, with a well-formed
     type and a matching CRC, from a valid IHDR through image data up to IEND.
 
     Catches truncation and corruption without inflating megapixels that fitting
     may never need (libvips checks CRCs only while it decodes), and reads the
     header itself: a result that fits as it is never reaches libvips at all.
-    ISA-L's crc32 takes 0.03 ms for a 1.7 MB result where zlib's took 0.7 ms."""
+    ISA-L's crc32 takes 0.03 ms for a 1.7 MB result where zlib's took 0.7 ms.
+    The walk costs about a microsecond a chunk: past ``max_chunks`` it stops
+    with ChunkBudgetSpent, so that a caller on the event loop can hand a file of
+    many small chunks to a thread instead."""
     view = memoryview(data)
     size = len(view)
     if view[:8] != _PNG_SIGNATURE:
@@ -188,7 +195,11 @@ def verify_png(data: bytes, *, corrupt: str) -> tuple[int, int]:
     pos = 8
     header: tuple[int, int] | None = None
     pixels = False
+    chunks = 0
     while True:
+        chunks += 1
+        if max_chunks is not None and chunks > max_chunks:
+            raise ChunkBudgetSpent
         if pos + 12 > size:
             raise ImageError(corrupt)  # cut off before IEND
         length, kind = struct.unpack_from(">I4s", view, pos)

@@ -148,14 +148,23 @@ def _decode_result(data: bytes, source_url: str | None, max_pixels: int) -> Resu
         log.debug("result body is %s, not a supported image", mime or "unrecognised")
         raise ImageError(RESULT_UNREADABLE)
     if mime == "image/png":
-        width, height = verify_png(data, corrupt=RESULT_UNREADABLE)
-        if width * height > max_pixels:
-            raise ImageError(_too_many((width, height), max_pixels))
-    else:
-        im = _open_checked(data, mime, max_pixels, corrupt=RESULT_UNREADABLE)
-        _check_decodes(im, corrupt=RESULT_UNREADABLE)
-        width, height = im.width, im.height
+        return _png_result(data, source_url, max_pixels)
+    im = _open_checked(data, mime, max_pixels, corrupt=RESULT_UNREADABLE)
+    _check_decodes(im, corrupt=RESULT_UNREADABLE)
+    width, height = im.width, im.height
     return ResultImage(data=data, mime=mime, width=width, height=height, source_url=source_url)
+
+
+def _png_result(
+    data: bytes, source_url: str | None, max_pixels: int, *, max_chunks: int | None = None
+) -> ResultImage:
+    """A PNG result checked by its chunks (``verify_png``), never decoded."""
+    width, height = verify_png(data, corrupt=RESULT_UNREADABLE, max_chunks=max_chunks)
+    if width * height > max_pixels:
+        raise ImageError(_too_many((width, height), max_pixels))
+    return ResultImage(
+        data=data, mime="image/png", width=width, height=height, source_url=source_url
+    )
 
 
 def _decode_result_file(path: Path, source_url: str | None, max_pixels: int) -> ResultImage:

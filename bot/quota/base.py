@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +30,28 @@ class Reservation:
     replayed: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class JournalStep:
+    """A write of the job journal made in the same transaction as a ledger
+    change: both happen or neither does, in one round trip to the database.
+    SQL with ``?`` placeholders, for a journal in the ledger's own database
+    (``Ledger.database_id``)."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+
+class AlreadyAdmitted(Exception):
+    """``reserve`` was given the journal's admission of a job whose idempotency
+    key is taken: a duplicate event or a double click. Nothing was held."""
+
+
 class Ledger(Protocol):
+    # The database the ledger keeps its entries in, when a job journal in the
+    # same database may ride on its transactions (``JournalStep``); else None.
+    @property
+    def database_id(self) -> str | None: ...
+
     async def reserve(
         self,
         guild_id: str,
@@ -43,27 +64,38 @@ class Ledger(Protocol):
         job_id: str | None = None,
         prompt: str | None = None,
         mode: str | None = None,
+        admit: JournalStep | None = None,
     ) -> Reservation:
         """Hold ``cost`` credits or raise ``QuotaRefused``.
 
         The same ``idempotency_key`` returns the existing reservation instead of
-        holding twice.
+        holding twice. ``admit``, the journal's record of the new job, is
+        written first in the same transaction; if it writes nothing (the key is
+        taken) nothing is held and ``AlreadyAdmitted`` is raised. A refusal
+        undoes it with the rest.
         """
         ...
 
-    async def settle(self, reservation: Reservation, actual_cost: int) -> None:
+    async def settle(
+        self, reservation: Reservation, actual_cost: int, *, journal: JournalStep | None = None
+    ) -> None:
         """Charge what was delivered (at most the reserved cost). Idempotent.
-        Raises ``LeaseLost`` if another process adopted the reservation."""
+        Raises ``LeaseLost`` if another process adopted the reservation;
+        otherwise ``journal`` is written with the outcome, even if the
+        reservation was already settled."""
         ...
 
     async def refund(self, reservation: Reservation, reason: str) -> None:
         """Release the hold. Idempotent; a no-op on a settled reservation."""
         ...
 
-    async def begin_delivery(self, reservation: Reservation) -> None:
+    async def begin_delivery(
+        self, reservation: Reservation, *, journal: JournalStep | None = None
+    ) -> None:
         """The result is about to be posted: raise ``LeaseLost`` if another
         process has adopted the job, ``DeliveryError`` if the hold has ended;
-        otherwise the job stops counting as in progress (credits stay held)."""
+        otherwise the job stops counting as in progress (credits stay held)
+        and ``journal`` is written with that."""
         ...
 
     async def sweep_expired(self) -> list[Reservation]:
@@ -83,6 +115,8 @@ class Ledger(Protocol):
 class UnlimitedLedger:
     """Allows everything and records nothing: for tests of the pipeline alone."""
 
+    database_id = None
+
     def __init__(self) -> None:
         self._by_key: dict[str, Reservation] = {}
         self.settled: dict[str, int] = {}
@@ -100,7 +134,10 @@ class UnlimitedLedger:
         job_id: str | None = None,
         prompt: str | None = None,
         mode: str | None = None,
+        admit: JournalStep | None = None,
     ) -> Reservation:
+        if admit is not None:
+            raise ValueError("this ledger keeps no database for a journal to ride on")
         existing = self._by_key.get(idempotency_key)
         if existing is not None:
             return existing
@@ -115,10 +152,17 @@ class UnlimitedLedger:
         self._by_key[idempotency_key] = reservation
         return reservation
 
-    async def begin_delivery(self, reservation: Reservation) -> None:
-        return None
+    async def begin_delivery(
+        self, reservation: Reservation, *, journal: JournalStep | None = None
+    ) -> None:
+        if journal is not None:
+            raise ValueError("this ledger keeps no database for a journal to ride on")
 
-    async def settle(self, reservation: Reservation, actual_cost: int) -> None:
+    async def settle(
+        self, reservation: Reservation, actual_cost: int, *, journal: JournalStep | None = None
+    ) -> None:
+        if journal is not None:
+            raise ValueError("this ledger keeps no database for a journal to ride on")
         if reservation.id not in self.refunded:
             self.settled.setdefault(reservation.id, actual_cost)
 

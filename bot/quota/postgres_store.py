@@ -29,6 +29,7 @@ from bot.migrate import (
     describe_database,
     pg_errors,
 )
+from bot.quota.base import JournalStep
 from bot.quota.models import (
     Adjustments,
     Ban,
@@ -44,6 +45,7 @@ from bot.quota.models import (
 from bot.quota.periods import parse_period
 from bot.quota.rows import RowMapper
 from bot.quota.store import Holder, held_by
+from bot.sql import numbered, postgres_database_id
 
 T = TypeVar("T")
 
@@ -107,6 +109,9 @@ class PostgresTx:
 
     async def _run(self, sql: str, *params: Any) -> int:
         return _count(await self._conn.execute(sql, *params))
+
+    async def journal(self, step: JournalStep) -> int:
+        return await self._run(numbered(step.sql), *step.params)
 
     async def lock(self, *scopes: str) -> None:
         for scope in scopes:
@@ -586,6 +591,10 @@ class PostgresLedgerStore:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+    @property
+    def database_id(self) -> str | None:
+        return None if self._pool is None else postgres_database_id(self._url)
 
     @property
     def pool(self) -> Any:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from bot.errors import ConfigError, DeliveryError, LeaseLost, QuotaRefused
 from bot.metrics import Observer
 from bot.migrate import is_postgres_url
-from bot.quota.base import Reservation
+from bot.quota.base import AlreadyAdmitted, JournalStep, Reservation
 from bot.quota.models import (
     THRESHOLDS,
     Adjustments,
@@ -142,6 +142,10 @@ class QuotaService:
         # only RESERVATION_TIMEOUT ends a reservation left behind.
         self.instance: str | None = None
         self._started = False
+
+    @property
+    def database_id(self) -> str | None:
+        return self.store.database_id
 
     # --- life cycle ----------------------------------------------------------
     async def start(self, *, sweep: bool = True) -> list[Reservation]:
@@ -357,6 +361,7 @@ class QuotaService:
         job_id: str | None = None,
         prompt: str | None = None,
         mode: str | None = None,
+        admit: JournalStep | None = None,
     ) -> Reservation:
         if cost < 0:
             raise ValueError(f"cost must be 0 or more, not {cost}")
@@ -368,6 +373,8 @@ class QuotaService:
         policy = self.policy
 
         async def run(tx: LedgerTx) -> tuple[Reservation, list[ThresholdEvent]]:
+            if admit is not None and await tx.journal(admit) == 0:
+                raise AlreadyAdmitted(idempotency_key)
             # Before any read: a concurrent reservation with this key, in this
             # pool or by this member, has then committed and is seen below.
             await tx.lock(guild_scope(guild_id), user_scope(user_id))
@@ -385,6 +392,8 @@ class QuotaService:
                     )
                 # Whatever became of it (even refunded), the key has been
                 # used: a retry must never hold credits a second time.
+                if admit is not None:
+                    raise AlreadyAdmitted(idempotency_key)  # and no new job either
                 return self._reservation(existing, replayed=True), []
 
             scope = await self._scope(tx, guild_id, now, create=True)
@@ -506,6 +515,7 @@ class QuotaService:
         state: EntryState,
         actual_cost: int | None,
         reason: str | None,
+        journal: JournalStep | None = None,
     ) -> bool:
         async def run(tx: LedgerTx) -> tuple[bool, list[ThresholdEvent]]:
             # The update decides alone in the usual case; the entry is read only
@@ -521,6 +531,8 @@ class QuotaService:
                         reservation.cost,
                         reservation.cost,
                     )
+                if journal is not None:
+                    await tx.journal(journal)
                 # Thresholds count held credits too, so a settle (never above the
                 # hold) or a refund cannot cross one: no need to recount the pool.
                 return True, []
@@ -538,13 +550,17 @@ class QuotaService:
                     reservation.id,
                     entry.state,
                 )
+            if journal is not None:
+                await tx.journal(journal)
             return False, []
 
         changed, events = await self.store.write(run)
         await self._fire(events)
         return changed
 
-    async def begin_delivery(self, reservation: Reservation) -> None:
+    async def begin_delivery(
+        self, reservation: Reservation, *, journal: JournalStep | None = None
+    ) -> None:
         """Before the result is posted: check the credits are still held by this
         process and stop counting the job as in progress (its image is
         appearing; a member who starts the next one right away is not refused
@@ -552,6 +568,8 @@ class QuotaService:
 
         async def run(tx: LedgerTx) -> None:
             if await tx.mark_delivering(reservation.id, self.now(), holder=self.instance):
+                if journal is not None:
+                    await tx.journal(journal)
                 return
             entry = await tx.entry_by_reservation(reservation.id)
             if entry is not None and entry.owner is not None and entry.owner != self.instance:
@@ -563,10 +581,12 @@ class QuotaService:
 
         await self.store.write(run)
 
-    async def settle(self, reservation: Reservation, actual_cost: int) -> None:
+    async def settle(
+        self, reservation: Reservation, actual_cost: int, *, journal: JournalStep | None = None
+    ) -> None:
         if actual_cost < 0:
             raise ValueError(f"actual_cost must be 0 or more, not {actual_cost}")
-        if await self._finish(reservation, "settled", actual_cost, None):
+        if await self._finish(reservation, "settled", actual_cost, None, journal):
             self.observer.credits_charged(min(actual_cost, reservation.cost))
 
     async def refund(self, reservation: Reservation, reason: str) -> None:

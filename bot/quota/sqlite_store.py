@@ -24,6 +24,7 @@ import aiosqlite
 
 from bot import sqlite_worker
 from bot.migrate import BUSY_TIMEOUT_MS, MIGRATIONS_DIR, apply_migrations, prepare_connection
+from bot.quota.base import JournalStep
 from bot.quota.models import (
     Adjustments,
     Ban,
@@ -116,6 +117,9 @@ class SqliteTx:
 
     async def lock(self, *scopes: str) -> None:
         """Nothing to do: ``BEGIN IMMEDIATE`` already excludes every other writer."""
+
+    async def journal(self, step: JournalStep) -> int:
+        return self._run(step.sql, step.params)
 
     # --- guild configuration ------------------------------------------------
     async def get_guild(self, guild_id: str) -> GuildConfig | None:
@@ -574,6 +578,10 @@ class SqliteLedgerStore:
         if self._conn is None:
             raise RuntimeError("the ledger store is not open")
         return self._conn
+
+    @property
+    def database_id(self) -> str | None:
+        return None if self._worker is None else self._worker.database_id
 
     @property
     def commits(self) -> int:

@@ -30,6 +30,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Final, Protocol, TypeVar
 
+from bot.quota.base import JournalStep
 from bot.quota.models import (
     Adjustments,
     Ban,
@@ -82,6 +83,10 @@ class LedgerTx(Protocol):
     async def lock(self, *scopes: str) -> None:
         """Hold ``scopes`` until the transaction ends, waiting for any other
         transaction holding one of them; afterwards reads see what it committed."""
+        ...
+
+    async def journal(self, step: JournalStep) -> int:
+        """Write a step of the job journal in this transaction; the rows changed."""
         ...
 
     # --- guild configuration ------------------------------------------------
@@ -228,6 +233,11 @@ class LedgerTx(Protocol):
 
 
 class LedgerStore(Protocol):
+    @property
+    def database_id(self) -> str | None:
+        """The database, once open, as the job store names it (``Ledger.database_id``)."""
+        ...
+
     async def open(self) -> None:
         """Connect and bring the schema up to date."""
         ...

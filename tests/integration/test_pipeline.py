@@ -23,6 +23,7 @@ from bot.images.storage import Incoming
 from bot.jobs import Job, JobResult
 from bot.models import GenerationRequest, Mode, Progress, Requester, Stage
 from bot.quota import open_ledger
+from bot.quota.base import JournalStep
 from bot.runtime import Runtime, open_runtime
 from tests.emulators.providers import (
     Error,
@@ -289,6 +290,13 @@ class MemoryJournal:
     seen: set[str] = field(default_factory=set)
     steps: list[tuple[str, str]] = field(default_factory=list)
     fields: list[dict[str, Any]] = field(default_factory=list)
+    database_id: str | None = None  # in no database: its steps never ride on the ledger's
+
+    def admission(self, job: Job) -> JournalStep:
+        raise AssertionError("a journal in no database has no SQL steps")
+
+    def step(self, job: Job, status: str, **fields: Any) -> JournalStep:
+        raise AssertionError("a journal in no database has no SQL steps")
 
     async def admit(self, job: Job) -> bool:
         key = job.request.idempotency_key

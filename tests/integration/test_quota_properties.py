@@ -34,13 +34,13 @@ from hypothesis.stateful import (
 from bot.errors import QuotaRefused
 from bot.quota import QuotaPolicy, QuotaService, Reservation, ThresholdEvent
 from bot.quota.periods import Period, period_bounds, utc_day_bounds
+from bot.sql import numbered
 from tests.conftest import (
     BACKENDS,
     PG_SKIP,
     LedgerDb,
     create_schema,
     drop_schema,
-    numbered,
     pg_base_url,
     sqlite_db,
 )

@@ -1217,3 +1217,58 @@ async def test_an_original_that_fits_as_it_is_is_planned_without_the_pool() -> N
             two = result(encode(noise((64, 48), seed=62), "PNG"))
             await processor.plan_messages([one, two], max_bytes=10 * MIB)
             assert pool.call_count > 0
+
+
+def _fragmented_png(png: bytes, chunks: int) -> bytes:
+    """``png`` with its image data cut into ``chunks`` IDAT chunks (still valid)."""
+    pos, ihdr, idat = 8, b"", b""
+    while pos < len(png):
+        length, kind = struct.unpack_from(">I4s", png, pos)
+        body = png[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            ihdr = body
+        elif kind == b"IDAT":
+            idat += body
+    step = max(1, -(-len(idat) // chunks))
+    pieces = [idat[i : i + step] for i in range(0, len(idat), step)]
+    return (
+        png[:8]
+        + _png_chunk(b"IHDR", ihdr)
+        + b"".join(_png_chunk(b"IDAT", piece) for piece in pieces)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+async def test_a_png_result_is_checked_on_the_loop_unless_its_chunks_are_many() -> None:
+    """A small PNG's check (its chunks' CRCs) costs less than a thread hand-off;
+    one cut into many chunks would hold the event loop, so the pool walks it."""
+    from unittest import mock
+
+    from bot.images.processor import INLINE_PNG_CHUNKS
+
+    png = encode(noise((96, 64), seed=63), "PNG")
+    fragmented = _fragmented_png(png, INLINE_PNG_CHUNKS + 50)
+    assert fragmented.count(b"IDAT") > INLINE_PNG_CHUNKS
+    processor = ImageProcessor(max_input_bytes=25 * MIB, max_input_pixels=40_000_000)
+    with (
+        processor,
+        mock.patch.object(processor._pool, "submit", wraps=processor._pool.submit) as pool,
+    ):
+        small = await processor.decode_result(png)
+        assert (small.width, small.height, small.data) == (96, 64, png)
+        with pytest.raises(ImageError) as info:
+            await processor.decode_result(png[:-20] + bytes(8) + png[-12:])
+        assert info.value.user_message == RESULT_UNREADABLE
+        assert pool.call_count == 0
+
+        many = await processor.decode_result(fragmented)
+        assert (many.width, many.height) == (96, 64)
+        assert pool.call_count == 1
+        # Damage deep in the many chunks is still found, in the pool.
+        cut = len(fragmented) - 200
+        broken = fragmented[:cut] + bytes([fragmented[cut] ^ 0xFF]) + fragmented[cut + 1 :]
+        with pytest.raises(ImageError) as info:
+            await processor.decode_result(broken)
+        assert info.value.user_message == RESULT_UNREADABLE
+        assert pool.call_count == 2
