@@ -368,8 +368,7 @@ class Pipeline:
                 log.info("job for key %s is a duplicate; ignored", request.idempotency_key)
                 return JobOutcome(job=None, duplicate=True)
             self.observer.job_ended(job, "refused", error=error)
-            await self._record(job, "failed", error=error.user_message)
-            await _tell_failure(delivery, job, error)
+            await self._end_unmade(delivery, job, error)
             return JobOutcome(job=job, error=error)
         if reservation.replayed:
             # The key already paid (or was refunded) for a job: never run it twice.
@@ -543,8 +542,7 @@ class Pipeline:
             log.info("job %s failed: %s", job.id, type(error).__name__)
             self.observer.job_ended(job, "failed", error=error)
             await self._refund(reservation, f"{type(error).__name__}: {error.user_message}")
-            await self._record(job, "failed", error=error.user_message)
-            await _tell_failure(delivery, job, error)
+            await self._end_unmade(delivery, job, error)
             return JobOutcome(job=job, error=error)
         except asyncio.CancelledError:
             await self._stopped(job, reservation, delivery)
@@ -554,8 +552,7 @@ class Pipeline:
             self.observer.job_ended(job, "error", error=exc)
             await self._refund(reservation, f"internal error: {type(exc).__name__}")
             internal = BotError("Something went wrong on the bot's side; nothing was charged.")
-            await self._record(job, "failed", error=internal.user_message)
-            await _tell_failure(delivery, job, internal)
+            await self._end_unmade(delivery, job, internal)
             return JobOutcome(job=job, error=internal)
         return JobOutcome(job=job, result=result)
 
@@ -613,8 +610,20 @@ class Pipeline:
         except LeaseLost:
             return
         stopped = BotError(STOPPED_MESSAGE if self.handing_over else "Your image was cancelled.")
-        await self._record(job, "failed", error="cancelled")
-        await _tell_failure(delivery, job, stopped)
+        await self._end_unmade(delivery, job, stopped, reason="cancelled")
+
+    async def _end_unmade(
+        self, delivery: Delivery, job: Job, error: BotError, *, reason: str | None = None
+    ) -> None:
+        """Tell the member why their job ended without images. The words are on
+        record first ("failing", or "refusing" for a refusal, which goes to the
+        member alone): a process that dies before they went out leaves the
+        telling to the next start (``bot.recovery``), not to no one. ``reason``
+        is what the journal keeps afterwards, if not the words."""
+        unmade = "refusing" if isinstance(error, UserError) else "failing"
+        await self._record(job, unmade, error=error.user_message)
+        await _tell_failure(delivery, job, error)
+        await self._record(job, "failed", **({} if reason is None else {"error": reason}))
 
     async def _refund(self, reservation: Reservation, reason: str) -> None:
         # A refund must not be skipped because the task is being cancelled.

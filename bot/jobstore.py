@@ -63,6 +63,9 @@ class JobRecord:
     provider_fetch_url: str | None = None
     outputs: tuple[str, ...] = ()
     model: str | None = None  # the model that made the images, once delivered
+    # Why it failed; while "failing", the words its member is (still) to be told.
+    error: str | None = None
+    idempotency_key: str | None = None  # the interaction's id, for a job of one
 
     def image(self, index: int) -> StoredImage | None:
         return next((image for image in self.images if image.index == index), None)
@@ -532,7 +535,7 @@ class JobStore:
 _RECORD_COLUMNS = (
     "id, guild_id, channel_id, user_id, provider, request_json, status, cost, charged, seed,"
     " images_json, message_id, created_at, reservation_json, provider_job_id,"
-    " provider_fetch_url, outputs_json, model"
+    " provider_fetch_url, outputs_json, model, error, idempotency_key"
 )
 
 
@@ -557,6 +560,8 @@ def _record(row: Sequence[Any]) -> JobRecord:
         provider_fetch_url=row[15],
         outputs=tuple(json.loads(row[16] or "[]")),
         model=row[17],
+        error=row[18],
+        idempotency_key=row[19],
     )
 
 

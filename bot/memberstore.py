@@ -40,8 +40,13 @@ class HistoryEntry:
         return self.status in ("posted", "delivered")
 
     @property
+    def unmade(self) -> bool:
+        # "failing"/"refusing": ended, its member being told why (Pipeline._end_unmade).
+        return self.status in ("failed", "failing", "refusing")
+
+    @property
     def finished(self) -> bool:
-        return self.delivered or self.status == "failed"
+        return self.delivered or self.unmade
 
 
 BLOCKED_RULES_SQL = "SELECT rule FROM guild_blocked_words WHERE guild_id = ? ORDER BY rule"

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
-from bot.errors import BotError, JobNotResumable
+from bot.errors import BotError, JobNotResumable, UserError
 from bot.jobs import Delivery, Job, JobOutcome, Pipeline
 from bot.jobstore import JobRecord, JobStore, job_of
 from bot.models import OutputRef
@@ -37,6 +37,11 @@ class RecoveryFront(Protocol):
 
     async def already_posted(self, record: JobRecord) -> bool:
         """Whether the job's result reached its channel before the process died."""
+        ...
+
+    async def already_told(self, record: JobRecord, words: str) -> bool:
+        """Whether the job's member was told ``words`` in its channel before the
+        process died (False where that cannot be read back: a private answer)."""
         ...
 
 
@@ -92,6 +97,20 @@ class Recovery:
         if state == "settled":
             await self.jobs.record(job, "delivered")
             return
+        if record.status in ("failing", "refusing"):
+            # It had ended without images; its member may not have heard why.
+            log.info("job %s ended before its process did; telling the requester", job.id)
+            if reservation is not None:  # its refund failed too
+                await self.ledger.refund(reservation, "ended before its process did")
+            words = record.error or RESTARTED
+            if record.status == "refusing":
+                await _tell(delivery, job, UserError(words))
+            elif await self.front.already_told(record, words):
+                log.info("job %s: its requester was told already", job.id)
+            else:
+                await _tell(delivery, job, BotError(words))
+            await self.jobs.record(job, "failed")
+            return
         posted = record.status == "posted" or (
             record.status == "delivering" and await self.front.already_posted(record)
         )
@@ -106,8 +125,10 @@ class Recovery:
             # Never reserved, or its hold already ended: nothing to charge, but
             # the member was left with a "thinking" message and deserves a word.
             log.info("job %s: nothing held; telling the requester", job.id)
-            await self.jobs.record(job, "failed", error="the bot restarted")
+            # The words on record first, as the pipeline does (Pipeline._end_unmade).
+            await self.jobs.record(job, "failing", error=RESTARTED)
             await _tell(delivery, job, JobNotResumable(RESTARTED, provider=job.provider))
+            await self.jobs.record(job, "failed", error="the bot restarted")
             return
         log.info("job %s: resuming from %s", job.id, record.status)
         self.start(

@@ -110,6 +110,16 @@ def result_embed(result: JobResult) -> discord.Embed:
     return embed
 
 
+def failure_text(words: str) -> str:
+    """How the member is told why their job ended without images."""
+    return f"❌ {words}"
+
+
+def mention_text(user_id: int | str, text: str) -> str:
+    """``text`` in the channel, for the member it is about."""
+    return f"<@{user_id}> {text}"
+
+
 async def to_files(uploads: Sequence[UploadFile]) -> list[discord.File]:
     """The message's files; stored originals are sent from their files, read a
     piece at a time while the message goes out (``StoredUpload``)."""
@@ -411,12 +421,12 @@ class DiscordDelivery:
         return stored
 
     async def fail(self, job: Job | None, error: BotError) -> None:
-        text = f"❌ {error.user_message}"
+        text = failure_text(error.user_message)
         await self._settle_brief()
         if isinstance(error, UserError):
             # A refusal (a ban and its reason, an allowance, a channel rule, a
             # bad file) is for the member alone, never for the channel.
-            await self._refuse_privately(text)
+            await self._refuse_privately(text, job)
             return
         if self.interaction is not None and not self._expiring():
             # After a public defer Discord turns the first follow-up into the
@@ -448,7 +458,7 @@ class DiscordDelivery:
             return
         requester = discord.Object(id=user_id)
         await self._channel().send(
-            f"<@{user_id}> {text}",
+            mention_text(user_id, text),
             allowed_mentions=discord.AllowedMentions(
                 users=[requester], everyone=False, roles=False
             ),
@@ -464,9 +474,17 @@ class DiscordDelivery:
         where = f" in <#{self.channel_id}>" if self.channel_id else ""
         return f"Your private image{where}: “{discord.utils.escape_markdown(prompt)}”"
 
-    async def _refuse_privately(self, text: str) -> None:
+    async def _refuse_privately(self, text: str, job: Job | None = None) -> None:
         interaction = self.interaction
         if interaction is None or self._expiring():
+            if job is not None:
+                # A job's refusal after its token is gone (told after a restart):
+                # by DM, to the member alone; never in the channel.
+                try:
+                    await self._send_dm(job, content=f"{text}\n-# {self._which_job(job)}")
+                    return
+                except (DeliveryError, discord.HTTPException):
+                    pass
             log.warning("a refusal could not be sent privately: no live interaction token")
             return
         try:

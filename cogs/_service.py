@@ -655,7 +655,7 @@ class GenerationService:
             )
         if self.bot.runtime.pipeline.cancel(job_id, by=interaction.user.mention):
             text = "Cancelled: the job stops now and its credits are refunded."
-        elif record.status in ("posted", "delivered", "failed"):
+        elif record.status in ("posted", "delivered", "failed", "failing", "refusing"):
             text = "This job has already ended."
         elif record.status in ("downloading", "delivering"):
             text = "Too late to cancel: the images are already on their way."

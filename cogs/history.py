@@ -43,7 +43,7 @@ def describe_entry(guild_id: int, number: int, entry: HistoryEntry) -> str:
         else:
             where = f"[result]({link})" if link else "result"
         state = f"{cost} · {where}"
-    elif entry.status == "failed":
+    elif entry.unmade:
         state = "not made, refunded"
     else:
         state = f"in progress, {entry.cost} reserved"

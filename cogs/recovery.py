@@ -5,19 +5,22 @@ it without importing anything from ``cogs``."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import discord
 
 from bot.jobs import Delivery
 from bot.jobstore import JobRecord
-from cogs._delivery import DiscordDelivery
+from cogs._delivery import DiscordDelivery, failure_text, mention_text
 
 if TYPE_CHECKING:
     from bot.app import ImageBot
 
 log = logging.getLogger("bot.recovery")
 HISTORY_LIMIT = 50
+# How far the bot's clock and Discord's may differ, for "since the job began".
+CLOCK_SLACK = timedelta(minutes=1)
 
 
 class DiscordRecoveryFront:
@@ -44,6 +47,31 @@ class DiscordRecoveryFront:
                 channel = self.bot.get_partial_messageable(int(record.channel_id))
             async for message in channel.history(limit=HISTORY_LIMIT):
                 if any((embed.footer.text or "") == f"Job {record.id}" for embed in message.embeds):
+                    return True
+        except discord.HTTPException:
+            log.warning("job %s: could not read channel history", record.id)
+        return False
+
+    async def already_told(self, record: JobRecord, words: str) -> bool:
+        """Whether the failure notice went out before the process ended: as the
+        answer to the job's interaction, or as a message for its member since
+        the job began."""
+        if record.request.private or record.channel_id is None:
+            return False  # an ephemeral answer cannot be read back
+        notice = failure_text(words)
+        for_member = mention_text(record.user_id, notice)
+        since = record.created_at - CLOCK_SLACK
+        me = self.bot.user
+        channel = self.bot.get_partial_messageable(int(record.channel_id))
+        try:
+            async for message in channel.history(limit=HISTORY_LIMIT):
+                if me is None or message.author.id != me.id:
+                    continue
+                answered = message.interaction_metadata
+                if answered is not None and str(answered.id) == record.idempotency_key:
+                    if message.content == notice:
+                        return True
+                elif message.content == for_member and message.created_at >= since:
                     return True
         except discord.HTTPException:
             log.warning("job %s: could not read channel history", record.id)

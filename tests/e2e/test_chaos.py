@@ -165,15 +165,22 @@ async def test_jobs_survive_random_kills_and_new_containers(tmp_path: Path) -> N
                 )
                 return int(rows[0][0]) if rows else -1
 
-            await discord_emu.wait_for(
-                lambda: (
-                    all(answers(m, r) >= 1 for m, _, r in interactions)
-                    and reserved() == 0
-                    and unfinished() == 0
-                ),
-                timeout=90,
-                what="every job answered and settled",
-            )
+            def unanswered() -> list[str]:
+                return [str(r.id) for m, _, r in interactions if answers(m, r) < 1]
+
+            try:
+                await discord_emu.wait_for(
+                    lambda: not unanswered() and reserved() == 0 and unfinished() == 0,
+                    timeout=90,
+                    what="every job answered and settled",
+                )
+            except TimeoutError as exc:
+                # Which part is missing, for whoever reads the failure.
+                exc.add_note(
+                    f"unanswered interactions: {unanswered()}; holds left: {reserved()};"
+                    f" unfinished jobs: {unfinished()}; stops: {stops}"
+                )
+                raise
             # Every earlier instance owns nothing now: the next adopter's look
             # (each LEASE_INTERVAL) forgets them, the last one's lease stays.
             last = started[-1][0]

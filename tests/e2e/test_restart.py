@@ -24,7 +24,7 @@ from bot.quota import open_ledger
 from tests.e2e.conftest import populate, process_env
 from tests.e2e.test_generation import final, opt
 from tests.emulators.discord import DiscordEmulator
-from tests.emulators.providers import Hang, Processing, ProviderEmulator, make_png
+from tests.emulators.providers import Error, Hang, Processing, ProviderEmulator, make_png
 
 
 def can_rename_host() -> bool:
@@ -265,6 +265,102 @@ async def test_killed_during_a_synchronous_call_refunds_and_says_why(setup):
     assert "nothing was charged" in notice.content
     balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (0, 0)
+
+
+async def test_killed_before_a_failure_notice_went_out_tells_it_on_the_next_start(setup):
+    """A job that failed is refunded, and its member told why, even if the
+    process dies before the notice goes out: the words are on record first."""
+    discord_emu, providers, ids, bot, env = setup
+    await bot.start(discord_emu)
+    providers.script("text2img", Error(http_status=400, message="prompt rejected"))
+    # Discord holds the notice back (a rate limit); a deploy kills the bot meanwhile.
+    discord_emu.fail_next("PATCH", r"/messages/@original$", status=429, retry_after=60)
+    interaction = await imagine(discord_emu, ids, "never told")
+    await discord_emu.wait_for(
+        lambda: any(r.injected for r in discord_emu.requests), timeout=20, what="notice held back"
+    )
+    bot.kill()
+    await bot.wait()
+    assert interaction.original is not None and interaction.original.loading  # "thinking…"
+    path = _settings(env).sqlite_path
+    ((status, words),) = db_rows(path, "SELECT status, error FROM jobs")
+    assert status == "failing" and words
+
+    await bot.start(discord_emu)
+    member = ids["member_id"]
+    await discord_emu.wait_for(
+        lambda: notices_in(discord_emu, ids["channel_id"], member), timeout=30
+    )
+    (notice,) = notices_in(discord_emu, ids["channel_id"], member)
+    assert notice.content == f"<@{member}> ❌ {words}"
+    await discord_emu.wait_for(
+        lambda: db_rows(path, "SELECT status FROM jobs") == [("failed",)],
+        timeout=10,
+        what="the job ended",
+    )
+    balance = await settled_balance(env, ids["guild_id"])
+    assert (balance.used, balance.reserved) == (0, 0)
+
+
+async def test_killed_as_a_failure_notice_went_out_does_not_tell_it_twice(setup):
+    discord_emu, providers, ids, bot, env = setup
+    await bot.start(discord_emu)
+    providers.script("text2img", Error(http_status=400, message="prompt rejected"))
+    # The notice is posted, but the bot dies before it hears back.
+    discord_emu.stall_next("PATCH", r"/messages/@original$", seconds=60)
+    interaction = await imagine(discord_emu, ids, "told once")
+    await discord_emu.wait_for(
+        lambda: any(r.stalled for r in discord_emu.requests), timeout=20, what="notice posted"
+    )
+    bot.kill()
+    await bot.wait()
+    path = _settings(env).sqlite_path
+    ((status, words),) = db_rows(path, "SELECT status, error FROM jobs")
+    assert status == "failing"
+    assert interaction.original is not None and interaction.original.content == f"❌ {words}"
+
+    await bot.start(discord_emu)
+    await discord_emu.wait_for(
+        lambda: db_rows(path, "SELECT status FROM jobs") == [("failed",)],
+        timeout=30,
+        what="the job ended",
+    )
+    assert notices_in(discord_emu, ids["channel_id"], ids["member_id"]) == []
+    balance = await settled_balance(env, ids["guild_id"])
+    assert (balance.used, balance.reserved) == (0, 0)
+
+
+async def test_killed_before_a_refusal_went_out_sends_it_privately_on_the_next_start(setup):
+    """A refusal is for the member alone, after a restart too: by DM."""
+    discord_emu, _providers, ids, bot, env = setup
+    env["DEFAULT_USER_ALLOWANCE"] = "0"
+    await bot.start(discord_emu)
+    # The private answer is held back (a rate limit); a deploy kills the bot meanwhile.
+    discord_emu.fail_next("POST", r"/webhooks/\d+/[^/]+$", status=429, retry_after=60)
+    await imagine(discord_emu, ids, "over my allowance")
+    await discord_emu.wait_for(
+        lambda: any(r.injected for r in discord_emu.requests), timeout=20, what="refusal held back"
+    )
+    bot.kill()
+    await bot.wait()
+    path = _settings(env).sqlite_path
+    ((status, words),) = db_rows(path, "SELECT status, error FROM jobs")
+    assert status == "refusing" and "allowance" in words
+
+    await bot.start(discord_emu)
+    member = ids["member_id"]
+    await discord_emu.wait_for(
+        lambda: bool(discord_emu.dm_messages(member)), timeout=30, what="the refusal by DM"
+    )
+    (dm,) = discord_emu.dm_messages(member)
+    assert dm.content.startswith(f"❌ {words}\n")
+    assert "over my allowance" in dm.content  # which request it answers
+    assert all(words not in m.content for m in discord_emu.channel_messages(ids["channel_id"]))
+    await discord_emu.wait_for(
+        lambda: db_rows(path, "SELECT status FROM jobs") == [("failed",)],
+        timeout=10,
+        what="the job ended",
+    )
 
 
 async def test_killed_while_queued_refunds_the_waiting_job(setup):

@@ -758,6 +758,7 @@ class RecordedRequest:
     status: int = 0
     route: str | None = None  # the emulator's template, e.g. "/channels/{channel_id}/messages"
     injected: bool = False  # answered by fail_next
+    stalled: bool = False  # carried out, its answer held back by stall_next
 
     @property
     def payload_json(self) -> Any:
@@ -1197,6 +1198,7 @@ class DiscordEmulator:
         self.gateway_commands: list[JSON] = []  # op 3/4/8 etc. sent by the client
 
         self._failures: list[_Failure] = []
+        self._stalls: list[tuple[str, re.Pattern[str], float]] = []
         # Set to an unset Event to hold attachment downloads until it is set.
         self.cdn_hold: asyncio.Event | None = None
         self._sessions: dict[int, _Session] = {}
@@ -1579,6 +1581,19 @@ class DiscordEmulator:
                 dict(headers or {}),
             )
         )
+
+    def stall_next(self, method: str, path_regex: str, *, seconds: float) -> None:
+        """Carry out the next matching REST call, then hold its answer back for
+        ``seconds``: the change is made (a message is posted) but the caller
+        does not hear of it, as when the bot dies while the answer is on its way."""
+        self._stalls.append((method.upper(), re.compile(path_regex), seconds))
+
+    def _take_stall(self, method: str, path: str) -> float | None:
+        for stall in self._stalls:
+            if stall[0] in (method, "*") and stall[1].search(path):
+                self._stalls.remove(stall)
+                return stall[2]
+        return None
 
     def _take_failure(self, method: str, path: str) -> _Failure | None:
         for failure in self._failures:
@@ -2705,6 +2720,12 @@ class DiscordEmulator:
             record=record,
         )
         response = await route.handler(ctx)
+        stall = self._take_stall(method, path)
+        if stall is not None:
+            # Done, and seen by everyone, but the caller hears nothing for now.
+            record.stalled = True
+            self._notify()
+            await asyncio.sleep(stall)
         if response.status < 300:
             response.headers.update(
                 {
