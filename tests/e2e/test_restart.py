@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,27 @@ async def imagine(discord_emu, ids, prompt: str, provider: str = "modelslab"):
     )
 
 
+async def kill_once_sent(discord_emu, bot, env, sent: Callable[[Any], bool], what: str):
+    """Kill the bot once one of its requests to Discord is ``sent``; the job's
+    status and recorded words as the kill left them."""
+    await discord_emu.wait_for(
+        lambda: any(sent(r) for r in discord_emu.requests), timeout=20, what=what
+    )
+    bot.kill()
+    await bot.wait()
+    ((status, words),) = db_rows(_settings(env).sqlite_path, "SELECT status, error FROM jobs")
+    return status, words
+
+
+async def job_ended(discord_emu, env) -> None:
+    path = _settings(env).sqlite_path
+    await discord_emu.wait_for(
+        lambda: db_rows(path, "SELECT status FROM jobs") == [("failed",)],
+        timeout=30,
+        what="the job ended",
+    )
+
+
 async def test_killed_while_polling_resumes_and_delivers_once(setup):
     """The next start may come as a new container, under another host name:
     the job goes by the instance's lease, never by host or pid."""
@@ -276,14 +298,10 @@ async def test_killed_before_a_failure_notice_went_out_tells_it_on_the_next_star
     # Discord holds the notice back (a rate limit); a deploy kills the bot meanwhile.
     discord_emu.fail_next("PATCH", r"/messages/@original$", status=429, retry_after=60)
     interaction = await imagine(discord_emu, ids, "never told")
-    await discord_emu.wait_for(
-        lambda: any(r.injected for r in discord_emu.requests), timeout=20, what="notice held back"
+    status, words = await kill_once_sent(
+        discord_emu, bot, env, lambda r: r.injected, "notice held back"
     )
-    bot.kill()
-    await bot.wait()
     assert interaction.original is not None and interaction.original.loading  # "thinking…"
-    path = _settings(env).sqlite_path
-    ((status, words),) = db_rows(path, "SELECT status, error FROM jobs")
     assert status == "failing" and words
 
     await bot.start(discord_emu)
@@ -293,11 +311,7 @@ async def test_killed_before_a_failure_notice_went_out_tells_it_on_the_next_star
     )
     (notice,) = notices_in(discord_emu, ids["channel_id"], member)
     assert notice.content == f"<@{member}> ❌ {words}"
-    await discord_emu.wait_for(
-        lambda: db_rows(path, "SELECT status FROM jobs") == [("failed",)],
-        timeout=10,
-        what="the job ended",
-    )
+    await job_ended(discord_emu, env)
     balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (0, 0)
 
@@ -309,22 +323,14 @@ async def test_killed_as_a_failure_notice_went_out_does_not_tell_it_twice(setup)
     # The notice is posted, but the bot dies before it hears back.
     discord_emu.stall_next("PATCH", r"/messages/@original$", seconds=60)
     interaction = await imagine(discord_emu, ids, "told once")
-    await discord_emu.wait_for(
-        lambda: any(r.stalled for r in discord_emu.requests), timeout=20, what="notice posted"
+    status, words = await kill_once_sent(
+        discord_emu, bot, env, lambda r: r.stalled, "notice posted"
     )
-    bot.kill()
-    await bot.wait()
-    path = _settings(env).sqlite_path
-    ((status, words),) = db_rows(path, "SELECT status, error FROM jobs")
     assert status == "failing"
     assert interaction.original is not None and interaction.original.content == f"❌ {words}"
 
     await bot.start(discord_emu)
-    await discord_emu.wait_for(
-        lambda: db_rows(path, "SELECT status FROM jobs") == [("failed",)],
-        timeout=30,
-        what="the job ended",
-    )
+    await job_ended(discord_emu, env)
     assert notices_in(discord_emu, ids["channel_id"], ids["member_id"]) == []
     balance = await settled_balance(env, ids["guild_id"])
     assert (balance.used, balance.reserved) == (0, 0)
@@ -338,13 +344,9 @@ async def test_killed_before_a_refusal_went_out_sends_it_privately_on_the_next_s
     # The private answer is held back (a rate limit); a deploy kills the bot meanwhile.
     discord_emu.fail_next("POST", r"/webhooks/\d+/[^/]+$", status=429, retry_after=60)
     await imagine(discord_emu, ids, "over my allowance")
-    await discord_emu.wait_for(
-        lambda: any(r.injected for r in discord_emu.requests), timeout=20, what="refusal held back"
+    status, words = await kill_once_sent(
+        discord_emu, bot, env, lambda r: r.injected, "refusal held back"
     )
-    bot.kill()
-    await bot.wait()
-    path = _settings(env).sqlite_path
-    ((status, words),) = db_rows(path, "SELECT status, error FROM jobs")
     assert status == "refusing" and "allowance" in words
 
     await bot.start(discord_emu)
@@ -356,11 +358,7 @@ async def test_killed_before_a_refusal_went_out_sends_it_privately_on_the_next_s
     assert dm.content.startswith(f"❌ {words}\n")
     assert "over my allowance" in dm.content  # which request it answers
     assert all(words not in m.content for m in discord_emu.channel_messages(ids["channel_id"]))
-    await discord_emu.wait_for(
-        lambda: db_rows(path, "SELECT status FROM jobs") == [("failed",)],
-        timeout=10,
-        what="the job ended",
-    )
+    await job_ended(discord_emu, env)
 
 
 async def test_killed_while_queued_refunds_the_waiting_job(setup):
