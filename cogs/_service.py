@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.app import send_ephemeral
 from bot.blocklist import REFUSAL, Blocklist, Rule
 from bot.compose import compose as compose_request
 from bot.config import DISCORD_CDN_HOSTS
@@ -289,10 +290,13 @@ class GenerationService:
         if rule is None:
             return True
         log.info("guild %s: prompt refused by a blocked-word rule", guild)
-        await self._log_blocked(interaction, guild, rule)
+        # The member's answer first: a slow or rate-limited log channel must not
+        # spend Discord's 3 s to acknowledge.
         if not interaction.response.is_done():
-            raise UserError(REFUSAL)
-        await DiscordDelivery(self.bot, interaction).fail(None, UserError(REFUSAL))
+            await send_ephemeral(interaction, REFUSAL)
+        else:
+            await DiscordDelivery(self.bot, interaction).fail(None, UserError(REFUSAL))
+        await self._log_blocked(interaction, guild, rule)
         return False
 
     async def _log_blocked(

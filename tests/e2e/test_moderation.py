@@ -74,6 +74,30 @@ async def test_blocked_words_are_refused_privately_before_anything_is_spent(worl
     assert (await member_balance(world)).used == 1
 
 
+async def test_a_blocked_prompt_is_answered_before_the_log_channel_hears_of_it(world: World):
+    """A slow or rate-limited log channel must not cost the member their answer
+    (Discord gives 3 s to acknowledge)."""
+    log_channel = world.discord.add_channel(world.guild_id, name="mod-log")
+    await quota(
+        world,
+        "log-channel",
+        world.moderator_id,
+        {"name": "channel", "type": 7, "value": str(log_channel.id)},
+    )
+    await moderation(world, "blocklist add", world.moderator_id, opt("rule", "gore*"))
+    world.discord.stall_next("POST", rf"/channels/{log_channel.id}/messages$", seconds=10)
+
+    refused = await imagine(world, "gorefest")
+    # Within Discord's 3 s, or the emulator rejects the answer as too late.
+    callback = await refused.wait_for_callback(timeout=15)
+    assert callback.type == CHANNEL_MESSAGE and callback.data["flags"] & EPHEMERAL
+    assert "can't be used on this server" in callback.data["content"]
+    # The log line went out all the same.
+    await world.discord.wait_for(
+        lambda: bool(world.discord.channel_messages(log_channel.id)), timeout=10
+    )
+
+
 async def test_moderators_list_and_remove_rules_and_members_cannot(world: World):
     refused = await moderation(world, "blocklist add", world.member_id, opt("rule", "tree"))
     assert "Only moderators" in answer(refused)
