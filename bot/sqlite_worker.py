@@ -15,7 +15,10 @@ the write lock up front, waiting up to ``busy_timeout``.
 
 A body is a plain function of the ``sqlite3.Connection``, run in the worker
 thread from start to end: a caller cancelled before its body started never runs
-it; one cancelled later cannot stop it half way.
+it; one cancelled later cannot stop it half way. Once a stop is queued, or a
+body kills the worker (a ``BaseException``), the queue is closed: later work is
+refused at once, and work still in it is answered with an error, never left
+waiting.
 
 A committed batch is answered with one ``call_soon_threadsafe`` per event loop
 that submitted to it (normally one), not one per body: each costs a write to the
@@ -97,6 +100,9 @@ class SqliteWorker:
         self._queue: SimpleQueue[_Work | object] = SimpleQueue()
         self._users = 0
         self._stopping = threading.Event()
+        # Held while work is queued and while the queue is closed (a stop, or the
+        # worker dying): nothing can be queued after the queue's last reader left.
+        self._closing = threading.Lock()
         self._thread = threading.Thread(
             target=self._serve, args=(conn,), name=f"sqlite-{path.name}", daemon=True
         )
@@ -120,20 +126,37 @@ class SqliteWorker:
         return await self._submit(body, writes=False)
 
     async def _submit(self, body: Body[T], *, writes: bool) -> T:
-        if not self._thread.is_alive():
-            raise RuntimeError(f"the SQLite worker for {self.path} has stopped")
         work = _Work(body, asyncio.get_running_loop(), writes=writes)
-        # Wakes the worker thread only if it is waiting for work: one busy with a
-        # batch finds this in the queue when it is done.
-        self._queue.put(work)
+        with self._closing:
+            if self._stopping.is_set() or not self._thread.is_alive():
+                raise RuntimeError(f"the SQLite worker for {self.path} has stopped")
+            # Wakes the worker thread only if it is waiting for work: one busy
+            # with a batch finds this in the queue when it is done.
+            self._queue.put(work)
         return cast(T, await work.future)
 
     async def _stop(self) -> None:
-        # Queued behind every transaction already submitted.
-        self._queue.put(_STOP)
-        self._stopping.set()
+        with self._closing:
+            # Queued behind every transaction already submitted; none after it.
+            self._queue.put(_STOP)
+            self._stopping.set()
         await asyncio.to_thread(self._thread.join)
         await asyncio.to_thread(self._checkpointer.join)
+
+    def _refuse_the_rest(self) -> None:
+        """The worker is leaving: close the queue and answer what is still in it
+        (work queued behind a body that killed the worker) with an error, so
+        that no caller waits for ever."""
+        with self._closing:
+            self._stopping.set()
+            left: list[_Work] = []
+            while not self._queue.empty():
+                item = self._queue.get()
+                if isinstance(item, _Work):
+                    left.append(item)
+        if left:
+            error = RuntimeError(f"the SQLite worker for {self.path} has stopped")
+            _deliver([(work, None, error) for work in left])
 
     def _checkpoint_every(self, interval: float) -> None:
         try:
@@ -178,7 +201,10 @@ class SqliteWorker:
                 if stop:
                     return
         finally:
-            conn.close()
+            try:
+                conn.close()
+            finally:
+                self._refuse_the_rest()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Work]) -> None:
         outcomes: list[_Outcome] = []

@@ -330,3 +330,56 @@ async def test_a_base_exception_fails_its_batch_and_stops_the_worker(tmp_path: P
         await sqlite_worker.release(worker)
     with sqlite3.connect(tmp_path / "bot.sqlite") as conn:
         assert list(conn.execute("SELECT x FROM t")) == []
+
+
+async def test_work_submitted_once_a_stop_is_queued_is_refused_at_once(tmp_path: Path) -> None:
+    """The worker still runs what was queued before the stop; anything later
+    would sit behind the stop for ever, so it is refused instead."""
+    worker = await sqlite_worker.acquire(tmp_path / "bot.sqlite")
+    released = False
+    try:
+        await worker.write(lambda conn: conn.execute("CREATE TABLE t (x TEXT PRIMARY KEY)"))
+        held, blocker = await hold(worker)
+        before = asyncio.create_task(worker.write(insert("before")))
+        await queued(worker, 1)
+        stopping = asyncio.create_task(sqlite_worker.release(worker))
+        released = True
+        await queued(worker, 2)  # the stop, behind it
+        with pytest.raises(RuntimeError, match="stopped"):
+            await answered(worker.write(insert("after")))
+        held.released.set()
+        await answered(stopping)
+        await answered(blocker)
+        assert before.result() == "before"
+    finally:
+        if not released:
+            await sqlite_worker.release(worker)
+    with sqlite3.connect(tmp_path / "bot.sqlite") as conn:
+        assert {row[0] for row in conn.execute("SELECT x FROM t")} == {"before"}
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_work_queued_behind_a_body_that_kills_the_worker_is_answered(
+    tmp_path: Path,
+) -> None:
+    worker = await sqlite_worker.acquire(tmp_path / "bot.sqlite")
+    try:
+        halting, go = threading.Event(), threading.Event()
+
+        def halt(conn: sqlite3.Connection) -> None:
+            halting.set()
+            assert go.wait(10), "never let go"
+            raise Halt
+
+        dying = asyncio.create_task(worker.write(halt))
+        assert await asyncio.to_thread(halting.wait, 10)
+        # Queued while the fatal body runs: in no batch of the worker's.
+        late = asyncio.create_task(worker.write(lambda conn: None))
+        await queued(worker, 1)
+        go.set()
+        with pytest.raises(Halt):
+            await answered(dying)
+        with pytest.raises(RuntimeError, match="stopped"):
+            await answered(late)
+    finally:
+        await sqlite_worker.release(worker)
