@@ -37,7 +37,8 @@ async def member_balance(world: World, user_id: int | None = None):
     raise AssertionError(f"credits still reserved: {balances.user}")
 
 
-async def test_blocked_words_are_refused_privately_before_anything_is_spent(world: World):
+async def with_log_channel(world: World) -> Any:
+    """A mod-log channel, set as the guild's log channel by a moderator."""
     log_channel = world.discord.add_channel(world.guild_id, name="mod-log")
     await quota(
         world,
@@ -45,6 +46,11 @@ async def test_blocked_words_are_refused_privately_before_anything_is_spent(worl
         world.moderator_id,
         {"name": "channel", "type": 7, "value": str(log_channel.id)},
     )
+    return log_channel
+
+
+async def test_blocked_words_are_refused_privately_before_anything_is_spent(world: World):
+    log_channel = await with_log_channel(world)
     added = await moderation(world, "blocklist add", world.moderator_id, opt("rule", "Gore*"))
     assert "now refused" in answer(added)
     await moderation(world, "blocklist add", world.moderator_id, opt("rule", "café noir"))
@@ -77,13 +83,7 @@ async def test_blocked_words_are_refused_privately_before_anything_is_spent(worl
 async def test_a_blocked_prompt_is_answered_before_the_log_channel_hears_of_it(world: World):
     """A slow or rate-limited log channel must not cost the member their answer
     (Discord gives 3 s to acknowledge)."""
-    log_channel = world.discord.add_channel(world.guild_id, name="mod-log")
-    await quota(
-        world,
-        "log-channel",
-        world.moderator_id,
-        {"name": "channel", "type": 7, "value": str(log_channel.id)},
-    )
+    log_channel = await with_log_channel(world)
     await moderation(world, "blocklist add", world.moderator_id, opt("rule", "gore*"))
     world.discord.stall_next("POST", rf"/channels/{log_channel.id}/messages$", seconds=10)
 
