@@ -176,6 +176,11 @@ class _Database(Protocol):
 # the same row) then fails, so a process that was only stalled learns that its
 # jobs were taken instead of carrying on beside their adopter.
 _EXPIRE = "UPDATE instances SET state = 'expired' WHERE state = 'live' AND expires_at < ?"
+# An adopter whose own lease has just run out (a stalled process) takes nothing:
+# jobs under its expired id would be orphans again at once, adopted a second
+# time by the next look while it still worked on them. It learns at its next
+# renewal and adopts under a new lease.
+_STILL_LIVE = "SELECT 1 FROM instances WHERE id = ? AND state = 'live'"
 _ORPHANS = (
     "SELECT jobs.id FROM jobs WHERE jobs.status NOT IN ('delivered', 'failed')"
     " AND NOT EXISTS (SELECT 1 FROM instances"
@@ -236,6 +241,8 @@ class _Sqlite:
         # file adopt one after the other, and the second finds nothing left.
         def body(conn: sqlite3.Connection) -> list[str]:
             conn.execute(_EXPIRE, (now,))
+            if conn.execute(_STILL_LIVE, (me,)).fetchone() is None:
+                return []  # see _STILL_LIVE
             ids = [str(row[0]) for row in conn.execute(_ORPHANS).fetchall()]
             for job_id in ids:
                 conn.execute("UPDATE jobs SET owner_instance = ? WHERE id = ?", (me, job_id))
@@ -275,6 +282,8 @@ class _Postgres:
         # once that one commits, the job's owner is live and no longer matches.
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(numbered(_EXPIRE), now)
+            if await conn.fetchrow(numbered(_STILL_LIVE), me) is None:
+                return []  # see _STILL_LIVE
             rows = await conn.fetch(_ORPHANS + " FOR UPDATE OF jobs SKIP LOCKED")
             ids = [str(row[0]) for row in rows]
             if ids:

@@ -92,6 +92,11 @@ async def run_sql(db: LedgerDb, sql: str, *params: object) -> None:
         await conn.commit()
 
 
+async def job_owner(db: LedgerDb, job_id: str) -> str | None:
+    ((owner,),) = await db.fetch("SELECT owner_instance FROM jobs WHERE id = ?", job_id)
+    return None if owner is None else str(owner)
+
+
 async def instance_ids(db: LedgerDb) -> set[str]:
     return {str(row[0]) for row in await db.fetch("SELECT id FROM instances")}
 
@@ -149,15 +154,18 @@ async def test_a_process_whose_lease_was_taken_carries_on_under_a_new_one(
         # Run out but not yet taken: a late renewal still wins it back.
         assert await lease.renew()
         await expire(ledger_db, first)
-        (taken,) = await lease.adopt()  # any adopter marks it expired, this one too
-        assert taken.id == job.id
-        # Gone, but it owns the job it just took: its row stays.
+        # Any adopter marks it expired, this one too, which then takes nothing:
+        # under its expired id the job would be an orphan again at once.
+        assert await lease.adopt() == []
+        assert await job_owner(ledger_db, job.id) == first
+        # Gone, but it still owns the job: its row stays.
         assert first in await instance_ids(ledger_db)
         assert not await lease.renew()
         second = await lease.acquire()
         assert second != first and jobs.instance == ledger.instance == second
         (adopted,) = await lease.adopt()
         assert adopted.id == job.id
+        assert await job_owner(ledger_db, job.id) == second
         assert await lease.renew()
         assert await instance_ids(ledger_db) == {second}
 
