@@ -155,17 +155,20 @@ async def test_failed_download_of_one_sample_charges_only_the_other(make_runtime
         Success(result="404"),
     ],
 )
-async def test_every_failure_refunds(make_runtime, emu, behaviour):
+@pytest.mark.parametrize("samples", [1, 2])
+async def test_every_failure_refunds(make_runtime, emu, behaviour, samples):
     runtime = await make_runtime()
     if isinstance(behaviour, Success):
-        emu.script("file", behaviour, behaviour)
+        emu.script("file", *[behaviour] * samples)
     else:
         emu.script("text2img", behaviour)
     delivery = RecordingDelivery()
-    outcome = await runtime.pipeline.run(text_request("k4", samples=2), delivery)
+    outcome = await runtime.pipeline.run(text_request("k4", samples=samples), delivery)
     assert not outcome.ok
     assert len(delivery.failures) == 1
     assert delivery.failures[0].user_message
+    if isinstance(behaviour, Success) and behaviour.result == "404":
+        assert "expired or does not exist" in delivery.failures[0].user_message
     assert await guild_used(runtime) == (0, 0)
 
 
