@@ -43,6 +43,11 @@ class StoredImage:
     path: str | None = None  # the original under DATA_DIR, while retained
 
 
+# Statuses of a job that ended without images: "failed", or on its way there
+# while its member is told why (Pipeline._end_unmade).
+UNMADE = frozenset({"failed", "failing", "refusing"})
+
+
 @dataclass(frozen=True, slots=True)
 class JobRecord:
     id: str
@@ -357,8 +362,7 @@ class JobStore:
 
     # --- the pipeline's journal ---------------------------------------------
     async def admit(self, job: Job) -> bool:
-        step = self.admission(job)
-        return await self._db.execute(step.sql, step.params) == 1
+        return await self.record_accepted(job.id, job.request, job.provider, job.cost)
 
     def admission(self, job: Job) -> JournalStep:
         """``admit`` as a step a ledger transaction can carry: it changes no row

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from bot.blocklist import MAX_RULES, Blocklist, Rule
 from bot.errors import UserError
+from bot.jobstore import UNMADE
 
 
 class Database(Protocol):
@@ -41,8 +42,7 @@ class HistoryEntry:
 
     @property
     def unmade(self) -> bool:
-        # "failing"/"refusing": ended, its member being told why (Pipeline._end_unmade).
-        return self.status in ("failed", "failing", "refusing")
+        return self.status in UNMADE
 
     @property
     def finished(self) -> bool:

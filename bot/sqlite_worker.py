@@ -128,7 +128,7 @@ class SqliteWorker:
     async def _submit(self, body: Body[T], *, writes: bool) -> T:
         work = _Work(body, asyncio.get_running_loop(), writes=writes)
         with self._closing:
-            if self._stopping.is_set() or not self._thread.is_alive():
+            if self._stopping.is_set():  # set by a stop, and by the worker leaving
                 raise RuntimeError(f"the SQLite worker for {self.path} has stopped")
             # Wakes the worker thread only if it is waiting for work: one busy
             # with a batch finds this in the queue when it is done.

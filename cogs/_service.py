@@ -22,7 +22,7 @@ from bot.errors import BotError, ImageError, UserError
 from bot.gate import Gate, open_gate
 from bot.images import download, too_large_message
 from bot.jobs import JobOutcome
-from bot.jobstore import JobRecord, StoredImage
+from bot.jobstore import UNMADE, JobRecord, StoredImage
 from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
 from bot.picks import PickLimiter
 from bot.preferences import Preferences
@@ -659,7 +659,7 @@ class GenerationService:
             )
         if self.bot.runtime.pipeline.cancel(job_id, by=interaction.user.mention):
             text = "Cancelled: the job stops now and its credits are refunded."
-        elif record.status in ("posted", "delivered", "failed", "failing", "refusing"):
+        elif record.status in ("posted", "delivered") or record.status in UNMADE:
             text = "This job has already ended."
         elif record.status in ("downloading", "delivering"):
             text = "Too late to cancel: the images are already on their way."
