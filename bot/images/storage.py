@@ -20,6 +20,7 @@ import pyvips
 from bot.errors import DeliveryError
 from bot.images.codec import _load
 from bot.images.formats import _EXT
+from bot.images.uncached import write_new_file
 from bot.models import ResultImage
 
 if TYPE_CHECKING:
@@ -93,9 +94,7 @@ class ImageStore:
         fd, tmp, created = self._open_temp(job_id, index)
         try:
             try:
-                view = memoryview(image.data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_new_file(fd, image.data)
             finally:
                 os.close(fd)
             return self._put_in_place(tmp, job_id, index, image.mime, created=created)

@@ -1,0 +1,125 @@
+"""Stored originals are written past the page cache where the filesystem allows it,
+and whole in every case."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from bot.images import uncached
+from bot.images.uncached import BLOCK, write_new_file
+
+SIZES = [1, BLOCK - 1, BLOCK, BLOCK + 1, 1_700_000, 3 << 20, 5 << 20]
+
+
+def new_file(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+def direct_io_here(folder: Path) -> bool:
+    probe = folder / "probe"
+    fd = new_file(probe)
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        probe.unlink()
+    return True
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_file_written_directly_holds_exactly_its_bytes(tmp_path: Path, size: int) -> None:
+    if not hasattr(os, "O_DIRECT") or not direct_io_here(tmp_path):
+        pytest.skip("this filesystem has no direct I/O")
+    data = os.urandom(size)
+    fd = new_file(tmp_path / "original.png")
+    try:
+        write_new_file(fd, data)
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT  # it went past the cache
+    finally:
+        os.close(fd)
+    assert (tmp_path / "original.png").read_bytes() == data
+
+
+def test_writers_in_several_threads_never_share_a_buffer(tmp_path: Path) -> None:
+    sizes = [1_700_000, 900_000, 2 << 20, 12_345]
+    failures: list[str] = []
+
+    def writer(n: int) -> None:
+        for round_ in range(15):
+            data = bytes([n * 16 + round_ % 16]) * sizes[(n + round_) % len(sizes)]
+            path = tmp_path / f"{n}-{round_}.png"
+            fd = new_file(path)
+            try:
+                write_new_file(fd, data)
+            finally:
+                os.close(fd)
+            if path.read_bytes() != data:
+                failures.append(path.name)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert len(uncached._spare) <= 2  # what is kept between writes stays bounded
+
+
+def test_a_filesystem_without_direct_io_is_written_through_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No filesystem refusing direct I/O can be mounted in a test: fcntl answers as
+    # one does (EINVAL from F_SETFL with O_DIRECT).
+    real_fcntl = fcntl.fcntl
+
+    def refusing(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_fcntl(fd, cmd, arg)
+
+    monkeypatch.setattr(fcntl, "fcntl", refusing)
+    data = os.urandom(1_700_000)
+    fd = new_file(tmp_path / "original.png")
+    try:
+        write_new_file(fd, data)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "original.png").read_bytes() == data
+
+
+def test_a_device_refusing_the_alignment_gets_the_file_whole_through_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not hasattr(os, "O_DIRECT") or not direct_io_here(tmp_path):
+        pytest.skip("this filesystem has no direct I/O")
+    real_write = os.write
+    refused: list[int] = []
+
+    def blocks_over_4096(fd: int, data: memoryview) -> int:
+        # A device with 8 KiB logical blocks refuses a direct write after some of
+        # the file went through: the file must not keep that part twice.
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            if not refused:
+                refused.append(real_write(fd, data[:BLOCK]))
+                return refused[0]
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", blocks_over_4096)
+    data = os.urandom(3 * BLOCK + 7)
+    fd = new_file(tmp_path / "original.png")
+    try:
+        write_new_file(fd, data)
+    finally:
+        os.close(fd)
+    assert refused == [BLOCK]
+    assert (tmp_path / "original.png").read_bytes() == data
