@@ -25,6 +25,7 @@ from typing import Any
 
 from bench._e2e import Run, drive, imagine_options
 from bench._proc import ROOT, Child
+from bench._steps import steps_table
 from bench._world import TimedDiscord, TimedProviders, World, populate, small_png
 
 CONCURRENCY = (1, 16, 64)
@@ -156,6 +157,9 @@ class Bench:
         self.started = time.monotonic()
         self.world: World | None = None
         self.notes: list[str] = []
+        # Over the paced runs (--steps): the bot's steps, the bare script's exchanges.
+        self.steps: dict[str, list[float]] = {}
+        self.bare_steps: dict[str, list[float]] = {}
         scale = 0.25 if args.quick else 1.0
         self.jobs = {c: max(c, int(n * scale)) for c, n in JOBS.items()}
         self.failures = 0
@@ -174,6 +178,7 @@ class Bench:
             str(self.tmp / f"bot-{label}.log"),
             log=self.tmp / f"bot-{label}.stderr",
             profile=self.args.profile / f"bot-{label}.raw" if self.args.profile else None,
+            extra_env={"BENCH_STEPS": "1"} if self.args.steps else None,
         )
         await self.world.discord.wait_until_ready()
         return child
@@ -184,6 +189,7 @@ class Bench:
             "bench._baseline",
             json.dumps(self.world.endpoints()),
             log=self.tmp / f"baseline-{label}.stderr",
+            extra_env={"BENCH_STEPS": "1"} if self.args.steps else None,
         )
         await self.world.discord.wait_until_ready()
         return child
@@ -266,6 +272,9 @@ class Bench:
                         f"{subject} paced",
                     )
                     side = subject
+                    gathered = self.bare_steps if subject == "baseline" else self.steps
+                    for label, durations in run.steps.items():
+                        gathered.setdefault(label, []).extend(durations)
                     getattr(figures["p50"], side).append(percentile(run.added, 50) * 1000)
                     getattr(figures["p99"], side).append(percentile(run.added, 99) * 1000)
                     getattr(figures["lag"], side).append(percentile(run.lag, 99) * 1000)
@@ -473,6 +482,13 @@ def report(figures: dict[str, Figure], bench: Bench, args: argparse.Namespace) -
     notes = [f"{f.name}: {f.note}" for f in figures.values() if f.note] + bench.notes
     if notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
+    if bench.steps:
+        lines += [
+            "Steps of the bot's jobs in the paced runs (`--steps`; wall time, every call):",
+            "",
+            steps_table(bench.steps, bench.bare_steps),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -524,7 +540,7 @@ async def amain(args: argparse.Namespace) -> int:
     finally:
         text = report(figures, bench, args)
         print(text)
-        if not args.no_write and only == {"e2e", "memory", "fit", "ledger"}:
+        if not (args.no_write or args.steps) and only == {"e2e", "memory", "fit", "ledger"}:
             RESULTS.write_text(text + kept_analysis(), encoding="utf-8")
             bench.log(f"wrote {RESULTS.relative_to(ROOT)}")
     bench.log("done")
@@ -549,6 +565,12 @@ def main() -> int:
     )
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     parser.add_argument("--keep-logs", action="store_true", help="keep the children's logs")
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="time each step of the bot's jobs and print their medians (bench/_steps.py);"
+        " RESULTS.md is left as it is",
+    )
     parser.add_argument(
         "--profile",
         type=Path,

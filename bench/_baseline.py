@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -81,12 +82,20 @@ class Baseline:
         iid, token = interaction["id"], interaction["token"]
         options = {o["name"]: o["value"] for o in interaction["data"].get("options", [])}
         prompt = str(options.get("prompt", ""))
-        # 1. acknowledge: "thinking…"
+        await self._acknowledge(session, iid, token)
+        url = await self._generate(session, prompt)
+        data = await self._download(session, url)
+        await self._upload(session, token, prompt, data)
+
+    # One method per exchange, so that ``bench --steps`` can time each (BASELINE_STEPS).
+    async def _acknowledge(self, session: aiohttp.ClientSession, iid: str, token: str) -> None:
+        # The deferred callback: "thinking…".
         callback = f"{self.api}/interactions/{iid}/{token}/callback"
         async with session.post(callback, json={"type": 5}) as response:
             response.raise_for_status()
             await response.read()
-        # 2. the provider
+
+    async def _generate(self, session: aiohttp.ClientSession, prompt: str) -> str:
         body = {
             "key": self.ml_key,
             "model_id": "flux",
@@ -99,11 +108,17 @@ class Baseline:
         async with session.post(f"{self.ml}/text2img", json=body) as response:
             response.raise_for_status()
             result = await response.json()
-        # 3. the image
-        async with session.get(result["output"][0]) as response:
+        return str(result["output"][0])
+
+    async def _download(self, session: aiohttp.ClientSession, url: str) -> bytes:
+        async with session.get(url) as response:
             response.raise_for_status()
-            data = await response.read()
-        # 4. the upload, as the interaction's original message
+            return await response.read()
+
+    async def _upload(
+        self, session: aiohttp.ClientSession, token: str, prompt: str, data: bytes
+    ) -> None:
+        """The image as the interaction's original message, with an embed."""
         payload = {
             "content": None,
             "embeds": [
@@ -127,7 +142,13 @@ class Baseline:
 
 async def main(endpoints_json: str) -> None:
     baseline = Baseline(json.loads(endpoints_json))
-    meter = Meter()
+    steps = None
+    if os.environ.get("BENCH_STEPS") == "1":  # python -m bench --steps
+        from bench._steps import BASELINE_STEPS, StepTimer
+
+        steps = StepTimer(BASELINE_STEPS)
+        steps.install({"bench._baseline": sys.modules[__name__]})  # run as __main__
+    meter = Meter(steps)
 
     async def handle(command: dict[str, Any]) -> dict[str, Any] | None:
         answer = await meter.handle(command)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from typing import Any
 
@@ -39,7 +40,13 @@ async def main(settings_json: str, log_file: str) -> None:
             if not ready.done():
                 raise RuntimeError("the bot did not become ready within 30 s")
             await bot.sync_commands()
-            meter = Meter()
+            steps = None
+            if os.environ.get("BENCH_STEPS") == "1":  # python -m bench --steps
+                from bench._steps import StepTimer
+
+                steps = StepTimer()
+                steps.install()
+            meter = Meter(steps)
             reply({"ready": True})
             try:
                 await serve(meter.handle)

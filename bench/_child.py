@@ -14,7 +14,10 @@ import os
 import resource
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench._steps import StepTimer
 
 PROBE_INTERVAL = 0.010
 
@@ -116,10 +119,12 @@ async def serve(handle: Callable[[dict[str, Any]], Awaitable[dict[str, Any] | No
 
 
 class Meter:
-    """CPU, loop lag and peak memory over one measured window."""
+    """CPU, loop lag and peak memory over one measured window; with a step timer
+    (``bench._steps``), the wall time of each step of the jobs in it too."""
 
-    def __init__(self) -> None:
+    def __init__(self, steps: StepTimer | None = None) -> None:
         self.probe = LagProbe()
+        self.steps = steps
         self._cpu0 = 0.0
 
     async def handle(self, command: dict[str, Any]) -> dict[str, Any] | None:
@@ -127,11 +132,16 @@ class Meter:
         if cmd == "begin":
             reset_peak_rss()
             self.probe.start()
+            if self.steps is not None:
+                self.steps.take()
             self._cpu0 = cpu_seconds()
             return {"rss_kib": memory_kib()}
         if cmd == "end":
             cpu = cpu_seconds() - self._cpu0
-            return {"cpu": cpu, "lag": self.probe.take(), "rss_kib": memory_kib()}
+            ended = {"cpu": cpu, "lag": self.probe.take(), "rss_kib": memory_kib()}
+            if self.steps is not None:
+                ended["steps"] = self.steps.take()
+            return ended
         if cmd == "memory":
             return {"rss_kib": memory_kib()}
         return None

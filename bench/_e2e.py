@@ -27,6 +27,7 @@ class Run:
     lag: list[float] = field(default_factory=list)  # probe overshoot, s
     rss_before_kib: int = 0
     peak_rss_kib: int = 0
+    steps: dict[str, list[float]] = field(default_factory=dict)  # bench --steps, s
 
     @property
     def per_second(self) -> float:
@@ -102,6 +103,7 @@ async def drive(
     ended = await child.call("end")
     run.cpu = ended["cpu"]
     run.lag = ended["lag"]
+    run.steps = ended.get("steps", {})
     run.peak_rss_kib = ended["rss_kib"]["VmHWM"]
     run.failures += int(ended.get("failures", 0))
     discord.forget()

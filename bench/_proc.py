@@ -31,9 +31,10 @@ class Child:
         log: Path,
         within: float = 60.0,
         profile: Path | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> Child:
         """``profile``: record the child with py-spy into this file (raw format)."""
-        env = dict(os.environ)
+        env = dict(os.environ) | (extra_env or {})
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env.setdefault("PYTHONHASHSEED", "0")
         prefix: list[str] = []
