@@ -276,8 +276,8 @@ class ProviderHttp:
 
         if any(w in lowered for w in _REFERENCE_FETCH_WORDS):
             return ReferenceFetchError(
-                f"{name} could not download your reference image; re-upload it "
-                "(or use a fresh link) and try again.",
+                f"{name} could not read your reference image; re-upload it (or use a "
+                "fresh link) and try again, or try another image.",
                 provider=self.provider,
                 status=code,
             )

@@ -588,7 +588,7 @@ async def test_unable_to_fetch_reference(emu: ProviderEmulator, session: aiohttp
         await run(
             client(emu, session), GenerationRequest(mode=Mode.EDIT, prompt="x", references=(ref,))
         )
-    assert "could not download your reference image" in info.value.user_message
+    assert "could not read your reference image" in info.value.user_message
     assert "re-upload" in info.value.user_message
 
 
