@@ -23,6 +23,10 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("checks before the acknowledgement", "cogs._service:GenerationService._early_gate"),
     ("the acknowledgement (defer)", "cogs._service:GenerationService._acknowledge"),
     ("reservation, with the job's record", "bot.quota.service:QuotaService.reserve"),
+    (
+        "the provider's call, its model's time included",
+        "bot.providers.modelslab:ModelsLabProvider.generate",
+    ),
     ("download, check and keep the result", "bot.jobs:Pipeline._finish_output"),
     ('"begin delivery", with "delivering"', "bot.quota.service:QuotaService.begin_delivery"),
     ('delivery: plan, embed, buttons, upload, "posted"', "cogs._delivery:DiscordDelivery.deliver"),
@@ -33,6 +37,7 @@ STEPS: tuple[tuple[str, str], ...] = (
 # The bare script's own exchanges, under the bot's labels where they match.
 BASELINE_STEPS: tuple[tuple[str, str], ...] = (
     ("the acknowledgement (defer)", "bench._baseline:Baseline._acknowledge"),
+    ("the provider's call, its model's time included", "bench._baseline:Baseline._generate"),
     ("download, check and keep the result", "bench._baseline:Baseline._download"),
     ("↳ Discord's edit of the original", "bench._baseline:Baseline._upload"),
 )
