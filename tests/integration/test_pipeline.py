@@ -363,6 +363,18 @@ async def test_originals_are_on_disk_when_the_job_ends(make_runtime, emu):
     assert kept == originals
 
 
+async def test_originals_are_kept_when_the_message_could_not_go_out(make_runtime, emu):
+    """The member is not charged, and what the provider made is still on disk
+    (under the names the buttons look for) when the job ends."""
+    runtime = await make_runtime()
+    delivery = RecordingDelivery(refuse_delivery=True)
+    outcome = await runtime.pipeline.run(text_request("refused", samples=2), delivery)
+    assert outcome.error is not None and await guild_used(runtime) == (0, 0)
+    job_dir = runtime.store.root / (outcome.job.id if outcome.job else "")
+    kept = await asyncio.to_thread(lambda: sorted(p.name for p in job_dir.iterdir()))
+    assert kept == ["1.png", "2.png"]
+
+
 async def test_large_originals_go_from_the_download_to_the_disk(make_runtime, emu, monkeypatch):
     """Large results are downloaded into the store and delivered from there:
     kept as the provider sent them, and not held in memory."""
