@@ -22,7 +22,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
-from bot.errors import BotError, UserError
+from bot.errors import BotError, UserError, failure_text
 from bot.heap import freeze_long_lived
 from bot.jobstore import JobStore
 from bot.lease import Lease
@@ -68,17 +68,22 @@ class ImageTree(app_commands.CommandTree["ImageBot"]):
 async def report_error(interaction: discord.Interaction[Any], error: Exception) -> None:
     original = getattr(error, "original", error)
     if isinstance(original, BotError):
-        await send_ephemeral(interaction, original.user_message)
+        await refuse_privately(interaction, original.user_message)
         return
     if isinstance(error, app_commands.CheckFailure):
-        await send_ephemeral(interaction, str(error) or "You cannot use this command here.")
+        await refuse_privately(interaction, str(error) or "You cannot use this command here.")
         return
     error_id = uuid.uuid4().hex[:8]
     command = interaction.command.qualified_name if interaction.command else interaction.type
     log.error("error %s in %s", error_id, command, exc_info=original)
-    await send_ephemeral(
+    await refuse_privately(
         interaction, f"Something went wrong on the bot's side (error id `{error_id}`)."
     )
+
+
+async def refuse_privately(interaction: discord.Interaction[Any], words: str) -> None:
+    """Tell the member alone why not, marked as a job's failure is (``failure_text``)."""
+    await send_ephemeral(interaction, failure_text(words))
 
 
 async def send_ephemeral(interaction: discord.Interaction[Any], content: str) -> None:

@@ -10,6 +10,13 @@ from __future__ import annotations
 from datetime import datetime
 
 
+def failure_text(words: str) -> str:
+    """How a person is told that what they asked for was refused or failed: the
+    same mark whichever path the words take (a command's error handler, a job's
+    delivery, a notice after a restart)."""
+    return f"❌ {words}"
+
+
 class BotError(Exception):
     """Base class. ``user_message`` is safe to show to the person who caused it."""
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.errors import BotError, ContentFlagged, DeliveryError, UserError
+from bot.errors import BotError, ContentFlagged, DeliveryError, UserError, failure_text
 from bot.images import ImageProcessor, UploadFile
 from bot.jobs import Job, JobResult
 from bot.jobstore import StoredImage
@@ -108,11 +108,6 @@ def result_embed(result: JobResult) -> discord.Embed:
     embed.add_field(name="Credits left", value=", ".join(left) or "unlimited")
     embed.set_footer(text=f"Job {result.job.id}")
     return embed
-
-
-def failure_text(words: str) -> str:
-    """How the member is told why their job ended without images."""
-    return f"❌ {words}"
 
 
 def mention_text(user_id: int | str, text: str) -> str:

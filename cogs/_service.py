@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.app import send_ephemeral
+from bot.app import refuse_privately
 from bot.blocklist import REFUSAL, Blocklist, Rule
 from bot.compose import compose as compose_request
 from bot.config import DISCORD_CDN_HOSTS
@@ -293,7 +293,7 @@ class GenerationService:
         # The member's answer first: a slow or rate-limited log channel must not
         # spend Discord's 3 s to acknowledge.
         if not interaction.response.is_done():
-            await send_ephemeral(interaction, REFUSAL)
+            await refuse_privately(interaction, REFUSAL)
         else:
             await DiscordDelivery(self.bot, interaction).fail(None, UserError(REFUSAL))
         await self._log_blocked(interaction, guild, rule)

@@ -390,9 +390,9 @@ def _image_attachments(message: discord.Message) -> list[discord.Attachment]:
 
 
 async def _answer_privately(interaction: discord.Interaction[Any], text: str) -> None:
-    from bot.app import send_ephemeral
+    from bot.app import refuse_privately
 
-    await send_ephemeral(interaction, text)
+    await refuse_privately(interaction, text)
 
 
 async def setup(bot: ImageBot) -> None:

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.errors import failure_text
 from bot.jobs import Delivery
 from bot.jobstore import JobRecord
-from cogs._delivery import DiscordDelivery, failure_text, mention_text
+from cogs._delivery import DiscordDelivery, mention_text
 
 if TYPE_CHECKING:
     from bot.app import ImageBot

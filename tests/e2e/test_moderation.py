@@ -62,6 +62,9 @@ async def test_blocked_words_are_refused_privately_before_anything_is_spent(worl
         assert callback.type == CHANNEL_MESSAGE
         assert callback.data["flags"] & EPHEMERAL
         assert "can't be used on this server" in callback.data["content"]
+        # Marked as every refusal is, whether it comes before the acknowledgement
+        # (here) or after it (the test below where the early checks run late).
+        assert callback.data["content"].startswith("❌ ")
         assert "gore" not in callback.data["content"].lower()  # neutral: no rule named
     assert len(world.providers.requests) == calls_before  # no provider call
     user = await member_balance(world)
@@ -163,6 +166,7 @@ async def test_blocked_words_are_still_refused_when_early_checks_run_out_of_time
     await refused.wait_for(lambda r: bool(r.followups), timeout=15)
     told = refused.followups[-1]
     assert told.ephemeral and "can't be used on this server" in told.content
+    assert told.content.startswith("❌ ")
     assert not world.providers.requests
     user = await member_balance(world)
     assert (user.used, user.reserved) == (0, 0)

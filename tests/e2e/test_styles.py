@@ -80,7 +80,7 @@ async def test_members_cannot_change_styles_and_bad_styles_are_refused(world: Wo
         world, "add", opt("name", "mine"), opt("template", "{prompt}"), user_id=world.member_id
     )
     assert denied.ephemeral
-    assert denied.content == "Only moderators (Manage Server) can do that."
+    assert denied.content == "❌ Only moderators (Manage Server) can do that."
     for options, expected in [
         ([opt("name", "x"), opt("template", "no placeholder")], "A template needs {prompt}"),
         (
@@ -91,9 +91,9 @@ async def test_members_cannot_change_styles_and_bad_styles_are_refused(world: Wo
         ([opt("name", "no spaces"), opt("template", "{prompt}")], "A style name is 1 to 32"),
     ]:
         answer = await style(world, "add", *options)
-        assert answer.ephemeral and answer.content.startswith(expected), answer.content
+        assert answer.ephemeral and answer.content.startswith(f"❌ {expected}"), answer.content
     removed = await style(world, "remove", opt("name", "anime"))
-    assert removed.content == "anime is a built-in style and cannot be removed."
+    assert removed.content == "❌ anime is a built-in style and cannot be removed."
     listing = await style(world, "list", user_id=world.member_id)
     assert "this server" not in "\n".join(e["description"] for e in listing.embeds)
     await nothing_spent(world)
