@@ -45,6 +45,7 @@ async def test_each_call_is_timed_under_its_label_until_uninstalled() -> None:
     finally:
         timer.uninstall()
     assert not hasattr(Worker.work, "__wrapped__")
+    assert await worker.work(5) == 10  # the released worker, untimed now
     assert timer.take() == {}
 
 
