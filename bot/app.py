@@ -82,12 +82,9 @@ async def report_error(interaction: discord.Interaction[Any], error: Exception) 
 
 
 async def refuse_privately(interaction: discord.Interaction[Any], words: str) -> None:
-    """Tell the member alone why not, marked as a job's failure is (``failure_text``)."""
-    await send_ephemeral(interaction, failure_text(words))
-
-
-async def send_ephemeral(interaction: discord.Interaction[Any], content: str) -> None:
-    """Answer privately: first response, follow-up, or nothing if the token is dead."""
+    """Tell the member alone why not, marked as a job's failure is (``failure_text``):
+    first response, follow-up, or nothing if the token is dead."""
+    content = failure_text(words)
     try:
         if interaction.response.is_done():
             await interaction.followup.send(content, ephemeral=True, allowed_mentions=NO_MENTIONS)

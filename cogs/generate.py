@@ -12,6 +12,7 @@ from discord import app_commands
 from discord.app_commands import Choice, Range
 from discord.ext import commands
 
+from bot.app import refuse_privately
 from bot.errors import BotError, UserError
 from bot.models import GenerationRequest, Mode
 from bot.providers.base import ASPECT_RATIOS
@@ -335,7 +336,7 @@ class Generation(commands.Cog, name=GENERATION_COG):
         try:
             await self._handle_button(interaction, action, job_id, n)
         except UserError as error:
-            await _answer_privately(interaction, error.user_message)
+            await refuse_privately(interaction, error.user_message)
 
     async def _handle_button(
         self, interaction: discord.Interaction[ImageBot], action: str, job_id: str, n: int
@@ -361,7 +362,7 @@ class Generation(commands.Cog, name=GENERATION_COG):
                 modal_interaction: discord.Interaction[Any], prompt: str, image: int
             ) -> None:
                 if not 1 <= image <= len(record.images):
-                    await _answer_privately(
+                    await refuse_privately(
                         modal_interaction, f"Pick an image from 1 to {len(record.images)}."
                     )
                     return
@@ -387,12 +388,6 @@ def _image_attachments(message: discord.Message) -> list[discord.Attachment]:
         in ("image/png", "image/jpeg", "image/webp", "image/gif")
         or a.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp", ".gif"))
     ]
-
-
-async def _answer_privately(interaction: discord.Interaction[Any], text: str) -> None:
-    from bot.app import refuse_privately
-
-    await refuse_privately(interaction, text)
 
 
 async def setup(bot: ImageBot) -> None:
