@@ -48,6 +48,7 @@ from bot.models import (
     ResultImage,
     ResumeHandle,
     Stage,
+    StoredImage,
 )
 from bot.providers.base import Provider
 from bot.providers.validation import check_choice
@@ -93,13 +94,27 @@ class JobResult:
     guild_remaining: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """What a job's record keeps of its delivered result: where it went (the
+    buttons and /history find it there) and what it cost."""
+
+    message_id: str | None
+    images: tuple[StoredImage, ...]
+    charged: int
+    seed: int | None = None
+    model: str | None = None
+
+
 class Delivery(Protocol):
     """Where a job's progress and outcome go (a Discord interaction, a directory)."""
 
     async def progress(self, job: Job, progress: Progress) -> None: ...
 
-    async def deliver(self, job: Job, result: JobResult) -> None:
-        """Hand the images to the person. Raising means they did not get them."""
+    async def deliver(self, job: Job, result: JobResult) -> Posted | None:
+        """Hand the images to the person. Raising means they did not get them.
+        Returns what the job's record is to keep of the delivery, if anything:
+        the pipeline writes it with the settlement."""
         ...
 
     async def fail(self, job: Job | None, error: BotError) -> None:
@@ -225,7 +240,9 @@ class Journal(Protocol):
 
     async def record(self, job: Job, status: str, **fields: Any) -> None:
         """Record a step: ``reservation``, ``provider``, ``provider_job_id``,
-        ``fetch_url``, ``outputs`` or ``error`` may come with it."""
+        ``fetch_url``, ``outputs``, ``error`` or ``posted`` (``Posted``) may come
+        with it; ``while_status`` makes it apply only while the job's status is
+        still that one."""
         ...
 
     def step(self, job: Job, status: str, **fields: Any) -> JournalStep:
@@ -474,14 +491,16 @@ class Pipeline:
             return None
         return journal if journal.database_id == self.ledger.database_id else None
 
-    def _step(self, job: Job, status: str) -> JournalStep | None:
+    def _step(self, job: Job, status: str, **fields: Any) -> JournalStep | None:
         """``_record`` as a step of the ledger's next transaction, or None when
         the journal cannot ride on it (then ``_record`` after it)."""
         journal = self._riding_journal()
         if journal is None:
             return None
         held = self._unrecorded_holds.pop(job.id, None)
-        return journal.step(job, status, **({} if held is None else {"reservation": held}))
+        if held is not None:
+            fields.setdefault("reservation", held)
+        return journal.step(job, status, **fields)
 
     async def _record(self, job: Job, status: str, **fields: Any) -> None:
         held = self._unrecorded_holds.pop(job.id, None)
@@ -571,7 +590,7 @@ class Pipeline:
         if delivering is None:
             await self._record(job, "delivering")
         await _report(delivery, job, Progress(stage=Stage.DELIVERING))
-        await delivery.deliver(job, result)
+        posted = await delivery.deliver(job, result)
         log.info(
             "job %s delivered %d image(s) by %s for %d credit(s)",
             job.id,
@@ -582,17 +601,33 @@ class Pipeline:
         self.observer.job_ended(job, "delivered", provider=result.provider)
         # The person has the images: a failing settle must not be reported as a
         # failed job; the job stays unfinished, so the next look settles it.
-        delivered = self._step(job, "delivered")
+        # Where the message went rides on the settlement's transaction: one
+        # round trip to the database fewer on every job (bench/RESULTS.md).
+        details = {} if posted is None else {"posted": posted}
+        delivered = self._step(job, "delivered", **details)
+        if delivered is None and posted is not None:
+            await self._record(job, "posted", **details)
         try:
             await self.ledger.settle(reservation, result.credits_charged, journal=delivered)
         except LeaseLost:
             log.warning("job %s: adopted by another process, which settles it", job.id)
+            await self._posted_unsettled(job, delivered, posted)
             return
         except Exception:
             log.exception("job %s: settling reservation %s failed", job.id, reservation.id)
+            await self._posted_unsettled(job, delivered, posted)
             return
         if delivered is None:
             await self._record(job, "delivered")
+
+    async def _posted_unsettled(
+        self, job: Job, undone: JournalStep | None, posted: Posted | None
+    ) -> None:
+        """A settlement that did not go through took the record of the posted
+        message with it: written on its own, so that whoever settles the job
+        (its adopter, or the next start) knows the message is out."""
+        if undone is not None and posted is not None:
+            await self._record(job, "posted", posted=posted, while_status="delivering")
 
     async def _stopped(self, job: Job, reservation: Reservation, delivery: Delivery) -> None:
         """A job cancelled before its result was posted."""

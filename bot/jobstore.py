@@ -17,7 +17,7 @@ import aiosqlite
 
 from bot import sqlite_worker
 from bot.config import Settings
-from bot.jobs import Job, summarise_references
+from bot.jobs import Job, Posted, summarise_references
 from bot.migrate import (
     apply_migrations,
     apply_postgres_migrations,
@@ -25,23 +25,10 @@ from bot.migrate import (
     pg_errors,
     prepare_connection,
 )
-from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
+from bot.models import GenerationRequest, Mode, ReferenceImage, Requester, StoredImage
 from bot.quota.base import JournalStep, Reservation
 from bot.sql import numbered, postgres_database_id
 from bot.sqlite_worker import SqliteWorker
-
-
-@dataclass(frozen=True, slots=True)
-class StoredImage:
-    """Where result image N of a job can be had again."""
-
-    index: int
-    mime: str
-    width: int
-    height: int
-    url: str | None = None  # the Discord attachment (or provider) URL
-    path: str | None = None  # the original under DATA_DIR, while retained
-
 
 # Statuses of a job that ended without images: "failed", or on its way there
 # while its member is told why (Pipeline._end_unmade).
@@ -375,7 +362,7 @@ class JobStore:
 
     def step(self, job: Job, status: str, **fields: Any) -> JournalStep:
         """``record`` as a step a ledger transaction can carry."""
-        columns = {"status": status, "updated_at": _now()}
+        columns: dict[str, object] = {"status": status, "updated_at": _now()}
         if "reservation" in fields:
             columns["reservation_json"] = reservation_to_json(fields["reservation"])
         if "provider" in fields:
@@ -388,10 +375,21 @@ class JobStore:
             columns["outputs_json"] = json.dumps(list(fields["outputs"]))
         if "error" in fields:
             columns["error"] = str(fields["error"])[:500]
+        posted: Posted | None = fields.get("posted")
+        if posted is not None:
+            columns["charged"] = posted.charged
+            columns["seed"] = posted.seed
+            columns["images_json"] = json.dumps([_image_to_dict(i) for i in posted.images])
+            columns["message_id"] = posted.message_id
+            columns["model"] = posted.model
         assignments = ", ".join(f"{name} = ?" for name in columns)
+        where, params = "id = ?", (*columns.values(), job.id)
+        if "while_status" in fields:
+            # Only over this process's own last step: never over an adopter's.
+            where, params = "id = ? AND status = ?", (*params, fields["while_status"])
         return JournalStep(
-            f"UPDATE jobs SET {assignments} WHERE id = ?",  # noqa: S608 - fixed column names
-            (*columns.values(), job.id),
+            f"UPDATE jobs SET {assignments} WHERE {where}",  # noqa: S608 - fixed column names
+            params,
         )
 
     async def unfinished(self) -> list[JobRecord]:
@@ -433,34 +431,6 @@ class JobStore:
                 now,
                 now,
                 self.instance,
-            ),
-        )
-
-    async def mark_delivered(
-        self,
-        job_id: str,
-        *,
-        charged: int,
-        seed: int | None,
-        images: Sequence[StoredImage],
-        message_id: str | None,
-        model: str | None = None,
-    ) -> None:
-        """The result is posted. Status ``posted``, not yet ``delivered``: the job
-        ends when its reservation is settled, so a process killed in between
-        leaves a job that the next one settles (it was posted) instead of a
-        finished job still holding credits."""
-        await self._db.execute(
-            "UPDATE jobs SET status = 'posted', charged = ?, seed = ?, images_json = ?,"
-            " message_id = ?, model = ?, updated_at = ? WHERE id = ?",
-            (
-                charged,
-                seed,
-                json.dumps([_image_to_dict(image) for image in images]),
-                message_id,
-                model,
-                _now(),
-                job_id,
             ),
         )
 

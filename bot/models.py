@@ -159,3 +159,15 @@ class ResultImage:
             f"ResultImage(mime={self.mime!r}, size={self.width}x{self.height}, "
             f"bytes={self.nbytes}, path={self.path!r})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    """Where result image N of a job can be had again."""
+
+    index: int
+    mime: str
+    width: int
+    height: int
+    url: str | None = None  # the Discord attachment (or provider) URL
+    path: str | None = None  # the original under DATA_DIR, while retained

@@ -22,9 +22,8 @@ import discord
 
 from bot.errors import BotError, ContentFlagged, DeliveryError, UserError, failure_text
 from bot.images import ImageProcessor, UploadFile
-from bot.jobs import Job, JobResult
-from bot.jobstore import StoredImage
-from bot.models import Mode, Progress, ResultImage, Stage
+from bot.jobs import Job, JobResult, Posted
+from bot.models import Mode, Progress, ResultImage, Stage, StoredImage
 from cogs._upload_buffer import DiscordUpload, StoredUpload, open_stored
 from cogs._views import progress_view, result_view
 
@@ -254,7 +253,7 @@ class DiscordDelivery:
         await asyncio.wait({brief})
         self._brief_sending = False
 
-    async def deliver(self, job: Job, result: JobResult) -> None:
+    async def deliver(self, job: Job, result: JobResult) -> Posted:
         if result.nsfw_detected and not self._age_restricted():
             raise ContentFlagged(NSFW_REFUSAL)
         limit = self._upload_limit()
@@ -277,13 +276,11 @@ class DiscordDelivery:
                     "Discord refused the upload of your images, so nothing was charged "
                     f"(HTTP {exc.status})."
                 ) from exc
-        message = self.messages[0]
-        await self.bot.jobs.mark_delivered(
-            job.id,
+        return Posted(
+            message_id=str(self.messages[0].id),
+            images=self._stored_images(result),
             charged=result.credits_charged,
             seed=result.seed,
-            images=self._stored_images(result),
-            message_id=str(message.id),
             model=result.model,
         )
 
@@ -392,7 +389,7 @@ class DiscordDelivery:
         with contextlib.suppress(discord.HTTPException):
             await self.interaction.delete_original_response()
 
-    def _stored_images(self, result: JobResult) -> list[StoredImage]:
+    def _stored_images(self, result: JobResult) -> tuple[StoredImage, ...]:
         urls: dict[str, str] = {}
         for message in self.messages:
             for attachment in message.attachments:
@@ -413,7 +410,7 @@ class DiscordDelivery:
                     path=image.path,
                 )
             )
-        return stored
+        return tuple(stored)
 
     async def fail(self, job: Job | None, error: BotError) -> None:
         text = failure_text(error.user_message)

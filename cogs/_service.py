@@ -22,8 +22,8 @@ from bot.errors import BotError, ImageError, UserError
 from bot.gate import Gate, open_gate
 from bot.images import download, too_large_message
 from bot.jobs import JobOutcome
-from bot.jobstore import UNMADE, JobRecord, StoredImage
-from bot.models import GenerationRequest, Mode, ReferenceImage, Requester
+from bot.jobstore import UNMADE, JobRecord
+from bot.models import GenerationRequest, Mode, ReferenceImage, Requester, StoredImage
 from bot.picks import PickLimiter
 from bot.preferences import Preferences
 from bot.prompt_params import parse as parse_params

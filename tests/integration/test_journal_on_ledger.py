@@ -2,8 +2,8 @@
 
 Where the journal and the ledger share a database (always, in the bot), the
 job's record goes in with its reservation, "delivering" with the check that the
-credits are still held, and "delivered" with the settlement: one round trip
-each instead of two, and both writes or neither.
+credits are still held, and "delivered", with where the message went, with the
+settlement: one round trip each instead of two, and both writes or neither.
 
 Every test runs on SQLite and on PostgreSQL (where ``TEST_DATABASE_URL`` is set).
 """
@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 
 from bot.errors import DeliveryError, LeaseLost, QuotaRefused
+from bot.jobs import Job, JobResult, Posted
 from bot.jobstore import JobStore
 from bot.lease import Lease
+from bot.models import StoredImage
 from bot.quota import QuotaPolicy, QuotaService, store_for_url
 from bot.quota.base import AlreadyAdmitted, JournalStep
 from bot.runtime import open_runtime
@@ -28,7 +30,12 @@ from bot.sql import postgres_database_id
 from tests.conftest import LedgerDb
 from tests.emulators.providers import ProviderEmulator
 from tests.integration.test_leases import SETTINGS, expire, make_job, process
-from tests.integration.test_pipeline import RecordingDelivery, settings_for, text_request
+from tests.integration.test_pipeline import (
+    MemoryJournal,
+    RecordingDelivery,
+    settings_for,
+    text_request,
+)
 
 
 async def job_row(db: LedgerDb, job_id: str) -> tuple[Any, ...] | None:
@@ -209,3 +216,112 @@ async def test_a_refused_job_is_in_the_journal_with_its_reason(
         assert delivery.failures and delivery.failures[0] is outcome.error
         assert await entries(ledger_db) == []
         assert emu.requests_to("text2img") == []
+
+
+class PostingDelivery(RecordingDelivery):
+    """Posts the result as message "m1" and says where; ``while_posting`` runs
+    while the message is on its way (what another process does meanwhile)."""
+
+    def __init__(self, while_posting: Any = None) -> None:
+        super().__init__()
+        self.while_posting = while_posting
+
+    async def deliver(self, job: Job, result: JobResult) -> Posted:  # type: ignore[override]
+        await super().deliver(job, result)
+        if self.while_posting is not None:
+            await self.while_posting(job)
+        return Posted(
+            message_id="m1",
+            images=(StoredImage(index=1, mime="image/png", width=64, height=64, url="u1"),),
+            charged=result.credits_charged,
+            seed=result.seed,
+            model=result.model,
+        )
+
+
+async def posted_row(db: LedgerDb, job_id: str) -> tuple[Any, ...]:
+    ((row),) = await db.fetch(
+        "SELECT status, message_id, charged, images_json FROM jobs WHERE id = ?", job_id
+    )
+    return tuple(row)
+
+
+async def test_where_the_result_went_is_recorded_with_the_settlement(
+    ledger_db: LedgerDb, tmp_path: Path, emu: ProviderEmulator
+) -> None:
+    policy = QuotaPolicy(default_user_allowance=None)
+    async with bot_pipeline(ledger_db, tmp_path, emu, policy) as (pipeline, jobs):
+        commits: list[int] = []
+        worker = getattr(jobs._db, "_worker", None)  # SQLite: one commit per round trip
+
+        async def count(job: Job) -> None:
+            if worker is not None:
+                commits.append(worker.commits)
+
+        outcome = await pipeline.run(text_request("posted"), PostingDelivery(count))
+        assert outcome.job is not None and outcome.result is not None
+        status, message_id, charged, images = await posted_row(ledger_db, outcome.job.id)
+        assert (status, message_id, charged) == ("delivered", "m1", 1)
+        assert '"url": "u1"' in images
+        assert await entries(ledger_db) == [(outcome.job.id, "settled", 1)]
+        if worker is not None:
+            # From the posted message to the job's end: the settlement alone.
+            await pipeline._saved(outcome.job)
+            assert worker.commits - commits[0] == 1
+
+
+@pytest.mark.parametrize("adopter_finished", [False, True])
+async def test_a_result_posted_after_the_hold_moved_on_is_recorded_for_its_adopter(
+    ledger_db: LedgerDb, tmp_path: Path, emu: ProviderEmulator, adopter_finished: bool
+) -> None:
+    """The process stalled past its lease while uploading: another one adopted
+    the job meanwhile, so the settlement is refused, and "posted" with the
+    message goes in on its own, for the adopter (or the next start) to settle
+    instead of posting again. An adopter that has moved the job on already
+    keeps its record."""
+    policy = QuotaPolicy(default_user_allowance=None)
+    async with (
+        bot_pipeline(ledger_db, tmp_path, emu, policy) as (pipeline, jobs_a),
+        process(ledger_db, tmp_path) as (jobs_b, ledger_b),
+    ):
+        lease_a = Lease(jobs_a, SETTINGS, (pipeline.ledger,))
+        await lease_a.acquire()
+        lease_b = Lease(jobs_b, SETTINGS, (ledger_b,))
+        await lease_b.acquire()
+
+        async def adopted_meanwhile(job: Job) -> None:
+            await expire(ledger_db, lease_a.id or "")
+            (adopted,) = await lease_b.adopt()
+            assert adopted.id == job.id
+            if adopter_finished:
+                # It found the message in the channel and settled it (bot.recovery).
+                assert adopted.reservation is not None
+                step = jobs_b.step(job, "delivered")
+                await ledger_b.settle(adopted.reservation, 1, journal=step)
+
+        outcome = await pipeline.run(text_request("stalled"), PostingDelivery(adopted_meanwhile))
+        assert outcome.job is not None
+        status, message_id, _, _ = await posted_row(ledger_db, outcome.job.id)
+        if adopter_finished:
+            assert (status, message_id) == ("delivered", None)
+            assert await entries(ledger_db) == [(outcome.job.id, "settled", 1)]
+        else:
+            assert (status, message_id) == ("posted", "m1")
+            # Held still: its adopter settles it.
+            assert await entries(ledger_db) == [(outcome.job.id, "reserved", 1)]
+
+
+async def test_a_journal_elsewhere_records_where_the_result_went_before_the_settlement(
+    ledger_db: LedgerDb, tmp_path: Path, emu: ProviderEmulator
+) -> None:
+    """Without a transaction to ride on, "posted" goes first, on its own: a
+    settlement that then fails leaves a job the next start settles."""
+    policy = QuotaPolicy(default_user_allowance=None)
+    async with bot_pipeline(ledger_db, tmp_path, emu, policy) as (pipeline, _jobs):
+        journal = pipeline.journal = MemoryJournal()
+        outcome = await pipeline.run(text_request("elsewhere"), PostingDelivery())
+        assert outcome.result is not None
+        statuses = [status for _, status in journal.steps]
+        assert statuses[-3:] == ["delivering", "posted", "delivered"]
+        posted = journal.fields[-2]["posted"]
+        assert (posted.message_id, posted.charged) == ("m1", 1)

@@ -47,6 +47,7 @@ async def test_a_guild_has_at_most_max_rules(ledger_db: LedgerDb):
 
 
 async def test_history_lists_a_members_jobs_newest_first(ledger_db: LedgerDb):
+    from bot.jobs import Job, Posted
     from bot.models import GenerationRequest, Mode, Requester
 
     if ledger_db.path is not None:
@@ -63,9 +64,9 @@ async def test_history_lists_a_members_jobs_newest_first(ledger_db: LedgerDb):
                 idempotency_key=f"key{n}",
             )
             assert await jobs.record_accepted(f"{n:032x}", request, "modelslab", 2)
-        await jobs.mark_delivered(
-            f"{3:032x}", charged=1, seed=7, images=[], message_id="m3", model="flux"
-        )
+        last = Job(f"{3:032x}", request, request, "modelslab", 2, 2, 0.0)
+        posted = Posted(message_id="m3", images=(), charged=1, seed=7, model="flux")
+        await jobs.record(last, "posted", posted=posted)
         entries, total = await store.history("g1", "u1", limit=1)
         assert total == 2
         assert [(e.prompt, e.delivered, e.charged, e.message_id) for e in entries] == [
