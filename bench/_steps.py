@@ -28,10 +28,16 @@ STEPS: tuple[tuple[str, str], ...] = (
         "bot.providers.modelslab:ModelsLabProvider.generate",
     ),
     ("download, check and keep the result", "bot.jobs:Pipeline._finish_output"),
-    ('"begin delivery", with "delivering"', "bot.quota.service:QuotaService.begin_delivery"),
-    ('delivery: plan, embed, buttons, upload, "posted"', "cogs._delivery:DiscordDelivery.deliver"),
+    (
+        '↳ "begin delivery", with "delivering" and the links, beside the download',
+        "bot.quota.service:QuotaService.begin_delivery",
+    ),
+    ("delivery: plan, embed, buttons, upload", "cogs._delivery:DiscordDelivery.deliver"),
     ("↳ Discord's edit of the original", "cogs._delivery:DiscordDelivery._send_first"),
-    ('after the message: settlement, with "delivered"', "bot.quota.service:QuotaService.settle"),
+    (
+        'after the message: settlement, with "delivered" and where it went',
+        "bot.quota.service:QuotaService.settle",
+    ),
 )
 
 # The bare script's own exchanges, under the bot's labels where they match.

@@ -286,6 +286,8 @@ class Pipeline:
     # Reservations the journal has yet to hear of, by job: each goes with the
     # job's next step (see run).
     _unrecorded_holds: dict[str, Reservation] = field(default_factory=dict)
+    # The reservation of every job running here, by job.
+    _holds: dict[str, Reservation] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._image_phase = asyncio.Semaphore(self.settings.image_jobs)
@@ -520,6 +522,7 @@ class Pipeline:
         delivery: Delivery,
         produce: Callable[[], Awaitable[JobResult]],
     ) -> JobOutcome:
+        self._holds[job.id] = reservation
         try:
             return await self._produce_and_deliver(job, reservation, delivery, produce)
         except LeaseLost:
@@ -528,6 +531,7 @@ class Pipeline:
         finally:
             self._resumable.discard(job.id)
             self._unrecorded_holds.pop(job.id, None)
+            self._holds.pop(job.id, None)
             try:
                 # Before the image phase ends: the writes hold the images' bytes.
                 await self._saved(job)
@@ -578,17 +582,10 @@ class Pipeline:
     async def _deliver(
         self, job: Job, reservation: Reservation, delivery: Delivery, result: JobResult
     ) -> None:
-        """From "about to post" to "settled". Once begun it runs to its end even if
+        """From "about to post" to "settled" (the hold was confirmed with the
+        download: ``_begin_delivery``). Once begun it runs to its end even if
         the job is cancelled (a deploy, a shutdown): a posted result is always
         charged, once."""
-        # Raises if another process adopted the job or the hold ended: nothing is
-        # posted that this process cannot charge for. "delivering" is recorded
-        # only with the hold confirmed (in its transaction where it can be): a
-        # process whose job was adopted must not write over its adopter's record.
-        delivering = self._step(job, "delivering")
-        await self.ledger.begin_delivery(reservation, journal=delivering)
-        if delivering is None:
-            await self._record(job, "delivering")
         await _report(delivery, job, Progress(stage=Stage.DELIVERING))
         posted = await delivery.deliver(job, result)
         log.info(
@@ -821,17 +818,18 @@ class Pipeline:
         if job.id not in self._in_image_phase:  # a failover's second try holds it already
             await self._image_phase.acquire()
             self._in_image_phase.add(job.id)
-        # Result links are recorded so that a crash while downloading can fetch
-        # again. The download need not wait for that write: a crash before it
-        # lands leaves the job as it was a moment before, which recovers the same
-        # way, and the journal's writes stay in order ("delivering" comes later).
+        # The hold is confirmed and "delivering" recorded with the result links
+        # while the results download: neither waits for the other, and nothing
+        # is posted before both are done (the ``finally`` below).
         urls = [ref.url for ref in output.outputs if ref.url is not None]
-        recorded = asyncio.ensure_future(
-            self._record(job, "downloading", provider=output.provider, outputs=urls)
-        )
+        recorded = asyncio.ensure_future(self._begin_delivery(job, output.provider, urls))
         if urls and len(urls) == len(output.outputs):
             # A shutdown from here on hands the job over: the next start fetches these.
-            recorded.add_done_callback(lambda _: self._resumable.add(job.id))
+            def resumable(done: asyncio.Future[None]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    self._resumable.add(job.id)
+
+            recorded.add_done_callback(resumable)
         try:
             await _report(
                 delivery,
@@ -840,7 +838,7 @@ class Pipeline:
             )
             images = await self._collect(job, output)
         finally:
-            await recorded
+            await _completed(recorded)
         return JobResult(
             job=job,
             request=request,
@@ -854,6 +852,20 @@ class Pipeline:
             elapsed=time.monotonic() - job.started_at,
             nsfw_detected=output.nsfw_detected,
         )
+
+    async def _begin_delivery(self, job: Job, provider: str, urls: list[str]) -> None:
+        """Before anything is posted: the credits confirmed as still held by this
+        process (raises LeaseLost or DeliveryError if not: nothing is posted that
+        it cannot charge for), and "delivering" recorded with the result links,
+        so that a crash from here on either finds the message out
+        (``bot.recovery``) or fetches the results again. In one transaction
+        where the journal rides on the ledger's: a process whose job was adopted
+        does not write over its adopter's record."""
+        reservation = self._holds[job.id]
+        delivering = self._step(job, "delivering", provider=provider, outputs=urls)
+        await self.ledger.begin_delivery(reservation, journal=delivering)
+        if delivering is None:
+            await self._record(job, "delivering", provider=provider, outputs=urls)
 
     async def _collect(self, job: Job, output: ProviderOutput) -> tuple[ResultImage, ...]:
         """Download and keep every result; images that fail are dropped, not charged."""
@@ -1021,6 +1033,21 @@ async def _to_the_end(coro: Coroutine[Any, Any, T]) -> T:
         for _ in range(interrupted):
             current.uncancel()
     return task.result()
+
+
+async def _completed(future: asyncio.Future[T]) -> T:
+    """``future``'s result, waited for even through a cancellation, which is
+    raised once it is done: what it decides (a job whose links are recorded is
+    handed over by a shutdown, not refunded) must be known by then."""
+    interrupted = False
+    while not future.done():
+        try:
+            await asyncio.wait([future])  # cancelling this wait leaves the future be
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError
+    return future.result()
 
 
 def _after_settle(remaining: int | None, reserved: int, charged: int) -> int | None:

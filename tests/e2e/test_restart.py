@@ -247,12 +247,14 @@ async def test_killed_while_downloading_fetches_again(setup):
     await imagine(discord_emu, ids, "download me")
     await discord_emu.wait_for(lambda: bool(providers.requests_to("file")), timeout=20)
 
-    # The links are journaled beside the download, not before it: the kill
-    # must come once they are on record for the next start to fetch them.
+    # The links are journaled beside the download, not before it, with
+    # "delivering" (the hold confirmed): the kill must come once they are on
+    # record for the next start to fetch them. It finds no message out
+    # (bot.recovery), so it downloads again and posts.
     def links_on_record() -> bool:
         rows = db_rows(_settings(env).sqlite_path, "SELECT status, outputs_json FROM jobs")
         return [(status, bool(json.loads(urls or "[]"))) for status, urls in rows] == [
-            ("downloading", True)
+            ("delivering", True)
         ]
 
     await discord_emu.wait_for(links_on_record, timeout=20, what="the result links on record")

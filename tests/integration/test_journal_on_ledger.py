@@ -22,7 +22,7 @@ from bot.errors import DeliveryError, LeaseLost, QuotaRefused
 from bot.jobs import Job, JobResult, Posted
 from bot.jobstore import JobStore
 from bot.lease import Lease
-from bot.models import StoredImage
+from bot.models import Progress, Stage, StoredImage
 from bot.quota import QuotaPolicy, QuotaService, store_for_url
 from bot.quota.base import AlreadyAdmitted, JournalStep
 from bot.runtime import open_runtime
@@ -253,21 +253,65 @@ async def test_where_the_result_went_is_recorded_with_the_settlement(
     async with bot_pipeline(ledger_db, tmp_path, emu, policy) as (pipeline, jobs):
         commits: list[int] = []
         worker = getattr(jobs._db, "_worker", None)  # SQLite: one commit per round trip
+        before = worker.commits if worker is not None else 0
 
-        async def count(job: Job) -> None:
+        async def while_posting(job: Job) -> None:
+            # The hold was confirmed with "delivering" and the result links,
+            # in the transaction written beside the download.
+            ((status, outputs),) = await ledger_db.fetch(
+                "SELECT status, outputs_json FROM jobs WHERE id = ?", job.id
+            )
+            assert status == "delivering" and "http" in outputs
+            assert await entries(ledger_db) == [(job.id, "reserved", 1)]
             if worker is not None:
                 commits.append(worker.commits)
 
-        outcome = await pipeline.run(text_request("posted"), PostingDelivery(count))
+        outcome = await pipeline.run(text_request("posted"), PostingDelivery(while_posting))
         assert outcome.job is not None and outcome.result is not None
         status, message_id, charged, images = await posted_row(ledger_db, outcome.job.id)
         assert (status, message_id, charged) == ("delivered", "m1", 1)
         assert '"url": "u1"' in images
         assert await entries(ledger_db) == [(outcome.job.id, "settled", 1)]
         if worker is not None:
-            # From the posted message to the job's end: the settlement alone.
             await pipeline._saved(outcome.job)
-            assert worker.commits - commits[0] == 1
+            # The reservation with the job's record, then "delivering" with the
+            # links; after the message, the settlement alone.
+            assert (commits[0] - before, worker.commits - commits[0]) == (2, 1)
+
+
+async def test_a_job_adopted_before_its_download_posts_nothing_and_writes_nothing(
+    ledger_db: LedgerDb, tmp_path: Path, emu: ProviderEmulator
+) -> None:
+    """The process stalled past its lease while the provider worked: the
+    adopter owns the job when the results come. The hold's check refuses, and
+    "delivering" with it: the adopter's record stays as the adopter has it."""
+    policy = QuotaPolicy(default_user_allowance=None)
+    async with (
+        bot_pipeline(ledger_db, tmp_path, emu, policy) as (pipeline, jobs_a),
+        process(ledger_db, tmp_path) as (jobs_b, ledger_b),
+    ):
+        lease_a = Lease(jobs_a, SETTINGS, (pipeline.ledger,))
+        await lease_a.acquire()
+        lease_b = Lease(jobs_b, SETTINGS, (ledger_b,))
+        await lease_b.acquire()
+        adopted: list[str] = []
+
+        class AdoptedWhileSubmitting(PostingDelivery):
+            async def progress(self, job: Job, progress: Progress) -> None:
+                await super().progress(job, progress)
+                if progress.stage is Stage.SUBMITTING:
+                    await expire(ledger_db, lease_a.id or "")
+                    adopted.extend(record.id for record in await lease_b.adopt())
+
+        delivery = AdoptedWhileSubmitting()
+        outcome = await pipeline.run(text_request("adopted"), delivery)
+        assert outcome.abandoned and outcome.job is not None
+        assert adopted == [outcome.job.id]
+        assert delivery.results == [] and delivery.failures == []
+        row = await job_row(ledger_db, outcome.job.id)
+        assert row is not None and row[:2] == ("accepted", lease_b.id)
+        # Held still, for the adopter to resume.
+        assert await entries(ledger_db) == [(outcome.job.id, "reserved", 0)]
 
 
 @pytest.mark.parametrize("adopter_finished", [False, True])

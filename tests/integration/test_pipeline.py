@@ -338,7 +338,10 @@ async def test_journal_records_every_step_and_the_provider_handle(make_runtime, 
     assert statuses[0] == "polling"
     assert "reservation" in journal.fields[0]
     assert not any("reservation" in fields for fields in journal.fields[1:])
-    assert statuses[-3:] == ["downloading", "delivering", "delivered"]
+    # The result links go with "delivering", written while they download.
+    assert statuses[-2:] == ["delivering", "delivered"]
+    assert "downloading" not in statuses
+    assert journal.fields[-2]["outputs"] and journal.fields[-2]["provider"] == "modelslab"
 
 
 async def test_a_replayed_key_never_runs_twice(make_runtime, emu):
