@@ -279,7 +279,8 @@ class Bench:
                     getattr(figures["p99"], side).append(percentile(run.added, 99) * 1000)
                     getattr(figures["lag"], side).append(percentile(run.lag, 99) * 1000)
                     self.log(
-                        f"{subject} rep {rep + 1} paced @64: added p50 "
+                        f"{subject} rep {rep + 1} paced @64: "
+                        f"{run.cpu_per_job * 1000:.1f} ms CPU/job, added p50 "
                         f"{percentile(run.added, 50) * 1000:.1f} ms, p99 "
                         f"{percentile(run.added, 99) * 1000:.1f} ms, lag p99 "
                         f"{percentile(run.lag, 99) * 1000:.1f} ms"
