@@ -269,6 +269,30 @@ async def test_killed_while_downloading_fetches_again(setup):
     assert (balance.used, balance.reserved) == (1, 0)
 
 
+async def test_sigterm_while_downloading_hands_over_and_the_next_start_delivers(setup):
+    """A deploy while the result downloads past SHUTDOWN_GRACE: its links are on
+    record with "delivering", so the job is handed over, not refunded, and the
+    next start finds no message out, fetches the links again and posts once."""
+    discord_emu, providers, ids, bot, env = setup
+    await bot.start(discord_emu)
+    providers.script("file", Hang(120))
+    interaction = await imagine(discord_emu, ids, "deployed mid-download")
+    await discord_emu.wait_for(lambda: bool(providers.requests_to("file")), timeout=20)
+    assert await bot.terminate() == 0
+    # Handed over: no refund, no word to the member yet.
+    assert not interaction.original.content.startswith("❌")
+    assert held_reservations(env) == 1
+
+    await bot.start(discord_emu)
+    await discord_emu.wait_for(lambda: results_in(discord_emu, ids["channel_id"]), timeout=60)
+    assert len(results_in(discord_emu, ids["channel_id"])) == 1
+    assert len(providers.requests_to("text2img")) == 1
+    assert len(providers.requests_to("file")) == 2
+    balance = await settled_balance(env, ids["guild_id"])
+    assert (balance.used, balance.reserved) == (1, 0)
+    assert notices_in(discord_emu, ids["channel_id"], ids["member_id"]) == []
+
+
 async def test_killed_during_a_synchronous_call_refunds_and_says_why(setup):
     discord_emu, providers, ids, bot, env = setup
     await bot.start(discord_emu)
