@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 
 from bot.errors import DeliveryError, LeaseLost, QuotaRefused
 from bot.jobs import Job, JobResult, Posted
-from bot.jobstore import JobStore
+from bot.jobstore import JobRecord, JobStore
 from bot.lease import Lease
 from bot.models import Progress, Stage, StoredImage
 from bot.quota import QuotaPolicy, QuotaService, store_for_url
@@ -279,29 +279,43 @@ async def test_where_the_result_went_is_recorded_with_the_settlement(
             assert (commits[0] - before, worker.commits - commits[0]) == (2, 1)
 
 
+@contextlib.asynccontextmanager
+async def stalled_and_adopter(
+    db: LedgerDb, tmp_path: Path, emu: ProviderEmulator
+) -> AsyncIterator[tuple[Any, Callable[[], Awaitable[list[JobRecord]]], JobStore, QuotaService]]:
+    """Process A, the bot's pipeline, and process B, each under a lease:
+    ``take_over()`` ends A's lease as if it had stalled and has B adopt its jobs."""
+    policy = QuotaPolicy(default_user_allowance=None)
+    async with (
+        bot_pipeline(db, tmp_path, emu, policy) as (pipeline, jobs_a),
+        process(db, tmp_path) as (jobs_b, ledger_b),
+    ):
+        lease_a = Lease(jobs_a, SETTINGS, (pipeline.ledger,))
+        await lease_a.acquire()
+        lease_b = Lease(jobs_b, SETTINGS, (ledger_b,))
+        await lease_b.acquire()
+
+        async def take_over() -> list[JobRecord]:
+            await expire(db, lease_a.id or "")
+            return await lease_b.adopt()
+
+        yield pipeline, take_over, jobs_b, ledger_b
+
+
 async def test_a_job_adopted_before_its_download_posts_nothing_and_writes_nothing(
     ledger_db: LedgerDb, tmp_path: Path, emu: ProviderEmulator
 ) -> None:
     """The process stalled past its lease while the provider worked: the
     adopter owns the job when the results come. The hold's check refuses, and
     "delivering" with it: the adopter's record stays as the adopter has it."""
-    policy = QuotaPolicy(default_user_allowance=None)
-    async with (
-        bot_pipeline(ledger_db, tmp_path, emu, policy) as (pipeline, jobs_a),
-        process(ledger_db, tmp_path) as (jobs_b, ledger_b),
-    ):
-        lease_a = Lease(jobs_a, SETTINGS, (pipeline.ledger,))
-        await lease_a.acquire()
-        lease_b = Lease(jobs_b, SETTINGS, (ledger_b,))
-        await lease_b.acquire()
+    async with stalled_and_adopter(ledger_db, tmp_path, emu) as (pipeline, take_over, _, adopter):
         adopted: list[str] = []
 
         class AdoptedWhileSubmitting(PostingDelivery):
             async def progress(self, job: Job, progress: Progress) -> None:
                 await super().progress(job, progress)
                 if progress.stage is Stage.SUBMITTING:
-                    await expire(ledger_db, lease_a.id or "")
-                    adopted.extend(record.id for record in await lease_b.adopt())
+                    adopted.extend(record.id for record in await take_over())
 
         delivery = AdoptedWhileSubmitting()
         outcome = await pipeline.run(text_request("adopted"), delivery)
@@ -309,7 +323,7 @@ async def test_a_job_adopted_before_its_download_posts_nothing_and_writes_nothin
         assert adopted == [outcome.job.id]
         assert delivery.results == [] and delivery.failures == []
         row = await job_row(ledger_db, outcome.job.id)
-        assert row is not None and row[:2] == ("accepted", lease_b.id)
+        assert row is not None and row[:2] == ("accepted", adopter.instance)
         # Held still, for the adopter to resume.
         assert await entries(ledger_db) == [(outcome.job.id, "reserved", 0)]
 
@@ -323,19 +337,15 @@ async def test_a_result_posted_after_the_hold_moved_on_is_recorded_for_its_adopt
     message goes in on its own, for the adopter (or the next start) to settle
     instead of posting again. An adopter that has moved the job on already
     keeps its record."""
-    policy = QuotaPolicy(default_user_allowance=None)
-    async with (
-        bot_pipeline(ledger_db, tmp_path, emu, policy) as (pipeline, jobs_a),
-        process(ledger_db, tmp_path) as (jobs_b, ledger_b),
+    async with stalled_and_adopter(ledger_db, tmp_path, emu) as (
+        pipeline,
+        take_over,
+        jobs_b,
+        ledger_b,
     ):
-        lease_a = Lease(jobs_a, SETTINGS, (pipeline.ledger,))
-        await lease_a.acquire()
-        lease_b = Lease(jobs_b, SETTINGS, (ledger_b,))
-        await lease_b.acquire()
 
         async def adopted_meanwhile(job: Job) -> None:
-            await expire(ledger_db, lease_a.id or "")
-            (adopted,) = await lease_b.adopt()
+            (adopted,) = await take_over()
             assert adopted.id == job.id
             if adopter_finished:
                 # It found the message in the channel and settled it (bot.recovery).
