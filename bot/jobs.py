@@ -1022,12 +1022,7 @@ async def _to_the_end(coro: Coroutine[Any, Any, T]) -> T:
     a cancellation that arrives meanwhile is dropped, since the work it would
     have stopped is done."""
     task = asyncio.ensure_future(coro)
-    interrupted = 0
-    while not task.done():
-        try:
-            await asyncio.wait([task])  # cancelling this wait leaves the task be
-        except asyncio.CancelledError:
-            interrupted += 1
+    interrupted = await _wait_through_cancellations(task)
     current = asyncio.current_task()
     if current is not None:
         for _ in range(interrupted):
@@ -1039,15 +1034,21 @@ async def _completed(future: asyncio.Future[T]) -> T:
     """``future``'s result, waited for even through a cancellation, which is
     raised once it is done: what it decides (a job whose links are recorded is
     handed over by a shutdown, not refunded) must be known by then."""
-    interrupted = False
+    if await _wait_through_cancellations(future):
+        raise asyncio.CancelledError
+    return future.result()
+
+
+async def _wait_through_cancellations(future: asyncio.Future[Any]) -> int:
+    """Wait until ``future`` is done, however often the caller is cancelled
+    meanwhile; how often it was."""
+    interrupted = 0
     while not future.done():
         try:
             await asyncio.wait([future])  # cancelling this wait leaves the future be
         except asyncio.CancelledError:
-            interrupted = True
-    if interrupted:
-        raise asyncio.CancelledError
-    return future.result()
+            interrupted += 1
+    return interrupted
 
 
 def _after_settle(remaining: int | None, reserved: int, charged: int) -> int | None:
