@@ -577,6 +577,8 @@ class Pipeline:
             internal = BotError("Something went wrong on the bot's side; nothing was charged.")
             await self._end_unmade(delivery, job, internal)
             return JobOutcome(job=job, error=internal)
+        # The member has the images: the pages of their originals on disk are cold.
+        self.store.release_cache(result.images)
         return JobOutcome(job=job, result=result)
 
     async def _deliver(

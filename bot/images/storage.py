@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,7 +20,7 @@ import pyvips
 from bot.errors import DeliveryError
 from bot.images.codec import _load
 from bot.images.formats import _EXT
-from bot.images.uncached import write_new_file
+from bot.images.uncached import drop_cached, start_writeback, write_new_file
 from bot.models import ResultImage
 
 if TYPE_CHECKING:
@@ -130,6 +130,14 @@ class ImageStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(final.parent / f"{index}.{other}")
         return final
+
+    def release_cache(self, images: Iterable[ResultImage]) -> None:
+        """The page cache of delivered originals kept on disk, given back
+        (``bot.images.uncached``). Not awaited: nothing waits on a hint to the
+        kernel, and a job that has delivered must not be held up by one."""
+        paths = [image.path for image in images if image.data is None and image.path]
+        if paths:
+            asyncio.get_running_loop().run_in_executor(None, drop_cached, paths)
 
     def incoming(self, job_id: str, index: int) -> Incoming:
         """A file in the job's folder a result is downloaded into (``Incoming``)."""
@@ -273,7 +281,10 @@ class Incoming:
         self._write(pieces)  # opens the file for an empty body too: the checks refuse it
         assert self._fd is not None
         fd, self._fd = self._fd, None
-        os.close(fd)
+        try:
+            start_writeback(fd)
+        finally:
+            os.close(fd)
 
     async def install(self, mime: str) -> Path:
         """The finished file under its final name, as ``ImageStore.save`` names it."""

@@ -1,4 +1,4 @@
-"""Writing a new file past the page cache (``O_DIRECT``), for stored originals.
+"""Stored originals kept out of the page cache.
 
 An original is written once and read again only if a member presses one of its
 buttons later, so it has no claim on the page cache. Filling fresh page-cache
@@ -7,15 +7,24 @@ the VMs the bot runs on, against 0.3-0.5 ms for a direct write from a reused
 aligned buffer (bench/RESULTS.md, round 6). Where the filesystem refuses direct
 I/O (tmpfs before Linux 6.6, some FUSE and network filesystems, other systems)
 the file is written through the cache as before.
+
+A large result downloaded into the store goes through the cache instead: its
+job reads it back (the checks, the image work, perhaps the upload). Its pages
+are written out early (``start_writeback``) and given back once the job has
+delivered it (``drop_cached``), so that the next job's download fills recycled
+pages rather than fresh ones, and a container's memory limit is not spent on
+cold originals (bench/RESULTS.md, round 8).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
 import os
 import threading
+from collections.abc import Iterable
 
 # Direct I/O wants the buffer's address, the length and the offset aligned to the
 # device's logical block; 4096 covers 512-byte devices as well.
@@ -90,3 +99,32 @@ def _give_back(buffer: mmap.mmap) -> None:
             _spare.append(buffer)
             return
     buffer.close()
+
+
+def start_writeback(fd: int) -> None:
+    """Have the kernel write ``fd``'s dirty pages now rather than when they
+    expire (30 s by default): clean by the time ``drop_cached`` comes, they can
+    be given back. Does not wait for the disk."""
+    if hasattr(os, "posix_fadvise"):
+        # DONTNEED starts the writeback of dirty pages and drops only clean ones,
+        # none of which this new file has yet. A hint: refused, nothing is lost.
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def drop_cached(paths: Iterable[str]) -> None:
+    """Give back the clean cached pages of files no one is about to read. Best
+    effort: a file gone or unreadable is skipped, and pages not yet on the disk
+    stay until they are."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue
+        try:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)

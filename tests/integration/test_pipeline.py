@@ -34,6 +34,7 @@ from tests.emulators.providers import (
     Success,
     make_png,
 )
+from tests.page_cache import cache_can_be_dropped, until_uncached, wait_for_writeback
 
 
 @dataclass
@@ -395,6 +396,40 @@ async def test_large_originals_go_from_the_download_to_the_disk(make_runtime, em
     assert kept == served
     assert [image.nbytes for image in images] == [len(data) for data in kept]
     assert await asyncio.to_thread(hidden_files, paths) == []  # no download left behind
+
+
+@dataclass
+class UploadOutlastingTheDisk(RecordingDelivery):
+    """An upload as long as a real one (seconds, to Discord): by its end what
+    the store had on its way to the disk has landed. Nothing is written out
+    here that was not already on its way."""
+
+    async def deliver(self, job: Job, result: JobResult) -> None:
+        for image in result.images:
+            if image.path:
+                await asyncio.to_thread(wait_for_writeback, image.path)
+        await super().deliver(job, result)
+
+
+async def test_delivered_large_originals_give_their_page_cache_back(
+    make_runtime, emu, monkeypatch, tmp_path
+):
+    """Once delivered, the originals downloaded into the store are cold: their
+    pages go back to the kernel, for the next download to reuse (round 8 in
+    bench/RESULTS.md), and the files stay whole for the buttons."""
+    if not cache_can_be_dropped(tmp_path):
+        pytest.skip("this filesystem keeps its pages")
+    monkeypatch.setattr(Incoming, "IN_MEMORY_BYTES", 1000)
+    runtime = await make_runtime()
+    delivery = UploadOutlastingTheDisk()
+    outcome = await runtime.pipeline.run(text_request("cold", samples=2), delivery)
+    assert outcome.ok, delivery.failures
+    images = delivery.results[0].images
+    paths = [image.path for image in images if image.path and image.data is None]
+    assert len(paths) == 2
+    assert await until_uncached(paths) == [0, 0]
+    kept = [await asyncio.to_thread(Path(path).read_bytes) for path in paths]
+    assert [len(data) for data in kept] == [image.nbytes for image in images]
 
 
 def hidden_files(paths: list[str | None]) -> list[str]:

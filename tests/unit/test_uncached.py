@@ -1,10 +1,12 @@
 """Stored originals are written past the page cache where the filesystem allows it,
-and whole in every case."""
+and whole in every case; those downloaded through it give its pages back."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
+import mmap
 import os
 import threading
 from pathlib import Path
@@ -12,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from bot.images import uncached
-from bot.images.uncached import BLOCK, write_new_file
+from bot.images.storage import ImageStore
+from bot.images.uncached import BLOCK, drop_cached, write_new_file
+from tests.page_cache import cache_can_be_dropped, cached_pages, wait_for_writeback
 
 SIZES = [1, BLOCK - 1, BLOCK, BLOCK + 1, 1_700_000, 3 << 20, 5 << 20]
 
@@ -123,3 +127,45 @@ def test_a_device_refusing_the_alignment_gets_the_file_whole_through_the_cache(
         os.close(fd)
     assert refused == [BLOCK]
     assert (tmp_path / "original.png").read_bytes() == data
+
+
+def test_dropping_gives_back_a_written_files_pages(tmp_path: Path) -> None:
+    if not cache_can_be_dropped(tmp_path):
+        pytest.skip("this filesystem keeps its pages")
+    kept, other = tmp_path / "kept.png", tmp_path / "other.png"
+    for path in (kept, other):
+        path.write_bytes(os.urandom(3 << 20))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # clean pages: only those can be given back
+        finally:
+            os.close(fd)
+    assert cached_pages(kept) == cached_pages(other) == (3 << 20) // mmap.PAGESIZE
+    drop_cached([str(kept), str(tmp_path / "gone.png")])  # a missing file is skipped
+    assert cached_pages(kept) == 0
+    assert cached_pages(other) == (3 << 20) // mmap.PAGESIZE  # only what was named
+    assert kept.stat().st_size == 3 << 20
+
+
+async def test_a_downloaded_original_is_written_out_early_so_its_pages_can_go(
+    tmp_path: Path,
+) -> None:
+    """Left to the kernel, a new file's pages stay dirty, so undroppable, for
+    30 s; a result downloaded into the store is on its way to the disk as soon
+    as it is whole, and one request then gives its pages back."""
+    if not cache_can_be_dropped(tmp_path):
+        pytest.skip("this filesystem keeps its pages")
+    store = ImageStore(tmp_path / "images", retention_days=7)
+    incoming = store.incoming("job-1", 1)
+    incoming.expect(8 << 20)
+    body = os.urandom(8 << 20)
+    for start in range(0, len(body), 64 << 10):
+        await incoming.write(body[start : start + (64 << 10)])
+    downloaded = await incoming.finish()
+    assert isinstance(downloaded, Path)
+    path = await incoming.install("image/png")
+    assert cached_pages(path) > 0
+    await asyncio.to_thread(wait_for_writeback, path)  # starts nothing itself
+    drop_cached([str(path)])
+    assert cached_pages(path) == 0
+    assert path.read_bytes() == body
