@@ -248,7 +248,10 @@ class DiscordDelivery:
         if brief is None:
             return
         if not self._brief_sending:
+            # Still in its grace: cancelled there, it can send nothing, and the
+            # answer need not wait the loop's turns its cancellation takes.
             brief.cancel()
+            return
         # wait(), not await: the line's own cancellation must not end this job.
         await asyncio.wait({brief})
         self._brief_sending = False
