@@ -11,8 +11,13 @@ import os
 from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
-_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+# Linux's: elsewhere the tests that need them skip (``cache_can_be_dropped``).
+_mincore = getattr(_libc, "mincore", None)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _mincore is not None:
+    _mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 _WAIT_BEFORE, _WAIT_AFTER = 1, 4  # no SYNC_FILE_RANGE_WRITE: nothing is started here
 
 
@@ -29,7 +34,8 @@ def cached_pages(path: str | Path) -> int:
         try:
             pages = -(-size // mmap.PAGESIZE)
             vector = (ctypes.c_ubyte * pages)()
-            if _libc.mincore(ctypes.addressof(anchor), size, vector) != 0:
+            assert _mincore is not None
+            if _mincore(ctypes.addressof(anchor), size, vector) != 0:
                 raise OSError(ctypes.get_errno(), "mincore failed")
             return sum(flag & 1 for flag in vector)
         finally:
@@ -43,7 +49,8 @@ def wait_for_writeback(path: str | Path) -> None:
     landed, without starting any: pages nobody asked to write out stay dirty."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        if _libc.sync_file_range(fd, 0, 0, _WAIT_BEFORE | _WAIT_AFTER) != 0:
+        assert _sync_file_range is not None
+        if _sync_file_range(fd, 0, 0, _WAIT_BEFORE | _WAIT_AFTER) != 0:
             raise OSError(ctypes.get_errno(), "sync_file_range failed")
     finally:
         os.close(fd)
@@ -51,7 +58,9 @@ def wait_for_writeback(path: str | Path) -> None:
 
 def cache_can_be_dropped(folder: Path) -> bool:
     """Whether this filesystem gives clean pages back on request (tmpfs keeps
-    them: they are the file)."""
+    them: they are the file), and whether this system lets a test see it."""
+    if _mincore is None or _sync_file_range is None or not hasattr(os, "posix_fadvise"):
+        return False
     probe = folder / ".page-cache-probe"
     probe.write_bytes(os.urandom(64 << 10))
     try:
