@@ -21,7 +21,7 @@ from bot.errors import (
 )
 from bot.images.storage import Incoming
 from bot.jobs import Job, JobResult
-from bot.models import GenerationRequest, Mode, Progress, Requester, Stage
+from bot.models import GenerationRequest, Mode, Progress, Requester, ResultImage, Stage
 from bot.quota import open_ledger
 from bot.quota.base import JournalStep
 from bot.runtime import Runtime, open_runtime
@@ -379,15 +379,21 @@ async def test_originals_are_kept_when_the_message_could_not_go_out(make_runtime
     assert kept == ["1.png", "2.png"]
 
 
+async def deliver_large_results(
+    make_runtime, monkeypatch, delivery: RecordingDelivery, prompt: str
+) -> tuple[ResultImage, ...]:
+    """A two-image job whose results count as large: downloaded into the store."""
+    monkeypatch.setattr(Incoming, "IN_MEMORY_BYTES", 1000)
+    runtime = await make_runtime()
+    outcome = await runtime.pipeline.run(text_request(prompt, samples=2), delivery)
+    assert outcome.ok, delivery.failures
+    return delivery.results[0].images
+
+
 async def test_large_originals_go_from_the_download_to_the_disk(make_runtime, emu, monkeypatch):
     """Large results are downloaded into the store and delivered from there:
     kept as the provider sent them, and not held in memory."""
-    monkeypatch.setattr(Incoming, "IN_MEMORY_BYTES", 1000)
-    runtime = await make_runtime()
-    delivery = RecordingDelivery()
-    outcome = await runtime.pipeline.run(text_request("kept", samples=2), delivery)
-    assert outcome.ok, delivery.failures
-    images = delivery.results[0].images
+    images = await deliver_large_results(make_runtime, monkeypatch, RecordingDelivery(), "kept")
     paths = [image.path for image in images]
     assert all(path is not None for path in paths)
     assert all(image.data is None for image in images)
@@ -419,12 +425,9 @@ async def test_delivered_large_originals_give_their_page_cache_back(
     bench/RESULTS.md), and the files stay whole for the buttons."""
     if not cache_can_be_dropped(tmp_path):
         pytest.skip("this filesystem keeps its pages")
-    monkeypatch.setattr(Incoming, "IN_MEMORY_BYTES", 1000)
-    runtime = await make_runtime()
-    delivery = UploadOutlastingTheDisk()
-    outcome = await runtime.pipeline.run(text_request("cold", samples=2), delivery)
-    assert outcome.ok, delivery.failures
-    images = delivery.results[0].images
+    images = await deliver_large_results(
+        make_runtime, monkeypatch, UploadOutlastingTheDisk(), "cold"
+    )
     paths = [image.path for image in images if image.path and image.data is None]
     assert len(paths) == 2
     assert await until_uncached(paths) == [0, 0]
