@@ -137,7 +137,10 @@ class ImageStore:
         kernel, and a job that has delivered must not be held up by one."""
         paths = [image.path for image in images if image.data is None and image.path]
         if paths:
-            asyncio.get_running_loop().run_in_executor(None, drop_cached, paths)
+            # A loop whose executor is already shut down (the very end of a
+            # stop) leaves the pages to the kernel.
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().run_in_executor(None, drop_cached, paths)
 
     def incoming(self, job_id: str, index: int) -> Incoming:
         """A file in the job's folder a result is downloaded into (``Incoming``)."""

@@ -16,6 +16,7 @@ import pytest
 from bot.images import uncached
 from bot.images.storage import ImageStore
 from bot.images.uncached import BLOCK, drop_cached, write_new_file
+from bot.models import ResultImage
 from tests.page_cache import cache_can_be_dropped, cached_pages, wait_for_writeback
 
 SIZES = [1, BLOCK - 1, BLOCK, BLOCK + 1, 1_700_000, 3 << 20, 5 << 20]
@@ -169,3 +170,14 @@ async def test_a_downloaded_original_is_written_out_early_so_its_pages_can_go(
     drop_cached([str(path)])
     assert cached_pages(path) == 0
     assert path.read_bytes() == body
+
+
+async def test_giving_pages_back_after_the_executor_stopped_is_skipped(tmp_path: Path) -> None:
+    """At the very end of a stop the loop's executor is gone: a job that has just
+    delivered must not fail on a hint to the kernel."""
+    store = ImageStore(tmp_path, retention_days=7)
+    kept = tmp_path / "1.png"
+    kept.write_bytes(b"x" * 10)
+    await asyncio.get_running_loop().shutdown_default_executor()
+    store.release_cache([ResultImage(b"x" * 10, "image/png", 1, 1).on_disk(str(kept))])
+    assert kept.read_bytes() == b"x" * 10
