@@ -175,8 +175,10 @@ class DiscordDelivery:
         self._last_text = ""
         self.messages: list[discord.Message] = []
         self._dead_token = False
-        self._brief: asyncio.Task[None] | None = None  # a brief stage's line, waiting
-        self._brief_sending = False
+        self._brief: asyncio.Task[None] | None = None  # the latest brief stage's line
+        # Lines past their grace, until Discord has them: the answer waits for
+        # these, and for no line still in its grace.
+        self._lines_on_their_way: set[asyncio.Task[None]] = set()
         self._dm: discord.DMChannel | None = None
 
     def _token_died(self, exc: discord.HTTPException) -> bool:
@@ -219,7 +221,7 @@ class DiscordDelivery:
         )
 
     def _show_later(self, text: str) -> None:
-        if self._brief is not None and not self._brief_sending:
+        if self._brief is not None and self._brief not in self._lines_on_their_way:
             self._brief.cancel()
         brief = asyncio.create_task(self._show_brief(text), name="brief-progress")
         self._brief = brief
@@ -232,7 +234,9 @@ class DiscordDelivery:
         await asyncio.sleep(BRIEF_GRACE)
         if self.interaction is None or self._expiring():
             return
-        self._brief_sending = True
+        line = asyncio.current_task()
+        assert line is not None
+        self._lines_on_their_way.add(line)
         self._last_edit, self._last_text = time.monotonic(), text
         try:
             await self.interaction.edit_original_response(
@@ -240,21 +244,21 @@ class DiscordDelivery:
             )
         except discord.HTTPException:
             log.debug("a progress line could not be shown", exc_info=True)
+        finally:
+            self._lines_on_their_way.discard(line)
 
     async def _settle_brief(self) -> None:
-        """Before the answer: a brief stage's line still waiting is dropped; one on
-        its way is let arrive first, so that it never lands after the answer."""
+        """Before the answer: a brief stage's line still in its grace is dropped;
+        every one on its way is let arrive first, so that none lands after the
+        answer."""
         brief, self._brief = self._brief, None
-        if brief is None:
-            return
-        if not self._brief_sending:
+        if brief is not None and brief not in self._lines_on_their_way:
             # Still in its grace: cancelled there, it can send nothing, and the
             # answer need not wait the loop's turns its cancellation takes.
             brief.cancel()
-            return
-        # wait(), not await: the line's own cancellation must not end this job.
-        await asyncio.wait({brief})
-        self._brief_sending = False
+        if self._lines_on_their_way:
+            # wait(), not await: a line's own cancellation must not end this job.
+            await asyncio.wait(set(self._lines_on_their_way))
 
     async def deliver(self, job: Job, result: JobResult) -> Posted:
         if result.nsfw_detected and not self._age_restricted():

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import World, make_settings, populate, running_bot
-from tests.emulators.providers import Processing, make_png
+from tests.emulators.providers import Hang, Processing, make_png
 
 DEFERRED = 5
 CPYTHON_DEFAULT_SWITCH_INTERVAL = 0.005
@@ -218,6 +218,25 @@ async def test_lines_of_brief_stages_are_shown_when_they_last(
     message = await final(interaction, within=20)
     contents = [edit.get("content") or "" for edit in message.edits]
     assert any("Fetching" in c or "Uploading" in c for c in contents), contents
+    assert message.embeds and not message.content
+
+
+async def test_a_line_shown_earlier_does_not_hold_up_the_answer(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """A slow download shows its line; the upload right after it shows none and
+    does not wait for one. (A line sent earlier once made the answer wait out
+    the next stage's grace, then show that line just before the result.)"""
+    import cogs._delivery
+
+    monkeypatch.setattr(cogs._delivery, "BRIEF_GRACE", 0.5)
+    world.bot.settings.progress_interval = 0.0
+    world.providers.script("file", Hang(seconds=1.5))
+    interaction = await imagine(world, "a painting, slowly fetched, quickly posted")
+    message = await final(interaction, within=20)
+    contents = [edit.get("content") or "" for edit in message.edits]
+    assert any("Fetching" in c for c in contents), contents
+    assert not any("Uploading" in c for c in contents), contents
     assert message.embeds and not message.content
 
 
