@@ -167,6 +167,9 @@ class DiscordDelivery:
         self.interaction = interaction
         # Results for the requester alone (their /settings, where the guild allows).
         self.private = private
+        # Whether "thinking…" was for the requester alone: a public result is
+        # then posted in the channel rather than into it (``answer_privately``).
+        self._private_placeholder = private
         self.channel_id = channel_id or (interaction.channel_id if interaction else None)
         # The deferred reply already says the bot is thinking, so the first
         # progress edit waits an interval like the others: a quick job goes
@@ -180,6 +183,19 @@ class DiscordDelivery:
         # these, and for no line still in its grace.
         self._lines_on_their_way: set[asyncio.Task[None]] = set()
         self._dm: discord.DMChannel | None = None
+
+    def answer_privately(self, private: bool) -> None:
+        """The member's choice, read only once acknowledged (privately, as the
+        early checks ran out of time). A public result then goes to the channel,
+        mentioning them, and the private "thinking…" is removed."""
+        self.private = private
+
+    def _in_placeholder(self) -> bool:
+        """Whether the answer can replace "thinking…": the token is alive and
+        the placeholder is no more private than the answer."""
+        if self.interaction is None or self._expiring():
+            return False
+        return self.private or not self._private_placeholder
 
     def _token_died(self, exc: discord.HTTPException) -> bool:
         """Invalid Webhook Token (50027) or Unknown Webhook (10015): the token is
@@ -320,7 +336,7 @@ class DiscordDelivery:
     async def _send_first(
         self, job: Job, embed: discord.Embed, uploads: Sequence[UploadFile], view: discord.ui.View
     ) -> discord.Message:
-        if self.interaction is not None and not self._expiring():
+        if self.interaction is not None and self._in_placeholder():
             try:
                 return await self.interaction.edit_original_response(
                     content=None,
@@ -366,7 +382,7 @@ class DiscordDelivery:
             raise DeliveryError(DMS_CLOSED) from exc
 
     async def _send_more(self, job: Job, uploads: Sequence[UploadFile]) -> discord.Message:
-        if self.interaction is not None and not self._expiring():
+        if self.interaction is not None and self._in_placeholder():
             try:
                 return await self.interaction.followup.send(
                     files=await to_files(uploads),

@@ -122,9 +122,11 @@ class GenerationService:
             # so that the first answer is the private refusal.
             if await self._refused(interaction, gate):
                 return None
-        # Out of time, only a private answer cannot be chosen any more: the
-        # checks run again once acknowledged, and a refusal is private either way.
-        private = gate is not None and gate.private
+        # Out of time, the member's choice is unknown: acknowledged privately,
+        # since a private result must never show in the channel, not even as
+        # "thinking…". The checks run again once acknowledged, and the result
+        # goes where the member chose (``DiscordDelivery.answer_privately``).
+        private = gate.private if gate is not None else True
         if not await self._acknowledge(interaction, private=private):
             return None
         return await self._launch(
@@ -230,6 +232,9 @@ class GenerationService:
                     interaction, request.prompt, gate.blocklist, parsed=compose
                 ):
                     return None
+                # Acknowledged privately while the choice was unknown: now known.
+                delivery.answer_privately(gate.private)
+                request = replace(request, private=gate.private)
             # Bans are the ledger's to refuse from here on, at the reservation.
             refusal = gate.channel_refusal(_channel_id(interaction))
             if refusal is not None:
@@ -514,7 +519,7 @@ class GenerationService:
                 return False
             if await self._refused(interaction, gate):
                 return False
-        return await self._acknowledge(interaction, private=pressed.private(interaction))
+        return await self._acknowledge(interaction, private=pressed.private)
 
     async def reroll(self, interaction: discord.Interaction[ImageBot], job_id: str) -> None:
         pressed = await self._check_press(interaction, job_id)
@@ -534,7 +539,7 @@ class GenerationService:
             interaction,
             request,
             gate=pressed.gate,
-            private=pressed.private(interaction),
+            private=pressed.private,
             compose=False,
         )
 
@@ -574,7 +579,7 @@ class GenerationService:
             interaction,
             request,
             gate=pressed.gate,
-            private=pressed.private(interaction),
+            private=pressed.private,
             compose=prompt is not None,
             restyle=False,
         )
@@ -692,12 +697,14 @@ class _Pressed:
     gate: Gate | None
     record: JobRecord | None
 
-    def private(self, interaction: discord.Interaction[Any]) -> bool:
+    @property
+    def private(self) -> bool:
         if self.gate is not None:
             return self.gate.private
-        # Unread settings: a button on a private result keeps the new one private
-        # too, and no further read delays the acknowledgement.
-        return _on_private_message(interaction)
+        # Unread settings: acknowledged privately, as a command is (``start``),
+        # whatever the message the button is on; the result then goes where the
+        # member chose.
+        return True
 
 
 def _on_private_message(interaction: discord.Interaction[Any]) -> bool:

@@ -166,3 +166,72 @@ async def test_nsfw_results_are_withheld_outside_age_restricted_channels(world: 
     record = await posted_record(world, job_id)
     assert record.image(1) is not None
     assert record.image(1).url is not None and "SPOILER_image_1" in record.image(1).url
+
+
+async def test_a_private_choice_is_kept_when_the_early_checks_run_out_of_time(
+    world: World, monkeypatch
+):
+    import cogs._service
+
+    me = world.member_id
+    made_public, job_id = await public_result_of(world, "a harbour at noon")
+    await moderation(world, "private-results", world.moderator_id, opt("allowed", True, 5))
+    page = await open_settings(world)
+    await press(world, page, f"is:private:{me}:1", me)
+    # The member's settings cannot be read in time (a busy database): the
+    # acknowledgement may not guess that they are public.
+    monkeypatch.setattr(cogs._service, "EARLY_CHECKS_BUDGET", 0)
+
+    interaction = await imagine(world, "a secret lantern")
+    deferred = await interaction.wait_for_callback()
+    assert deferred.data.get("flags", 0) & EPHEMERAL
+    result = await final(interaction)
+    assert result.ephemeral and result.embeds and result.attachments
+
+    # A button on a result posted publicly before: its new result is private too.
+    reroll = await world.discord.click(made_public, f"ib:reroll:{job_id}:0", user_id=me)
+    assert (await reroll.wait_for_callback()).data.get("flags", 0) & EPHEMERAL
+    again = await final(reroll)
+    assert again.ephemeral and again.embeds
+
+    public = world.discord.channel_messages(world.channel_id, include_deleted=True)
+    seen = [m for m in public if not m.ephemeral and m.id != made_public.id]
+    assert not seen, [m.to_payload() for m in seen]
+    assert (await balance(world)).used == 3
+
+
+async def test_a_public_result_reaches_the_channel_when_the_early_checks_run_out_of_time(
+    world: World, monkeypatch
+):
+    import cogs._service
+
+    monkeypatch.setattr(cogs._service, "EARLY_CHECKS_BUDGET", 0)
+    interaction = await imagine(world, "a lantern for everyone", samples=2)
+    # Unread settings: acknowledged privately, in case the member chose so.
+    assert (await interaction.wait_for_callback()).data.get("flags", 0) & EPHEMERAL
+
+    def posted() -> list[Any]:
+        return [
+            m
+            for m in world.discord.channel_messages(world.channel_id)
+            if not m.ephemeral and m.embeds
+        ]
+
+    await world.discord.wait_for(lambda: bool(posted()), timeout=20, what="the public result")
+    (result,) = posted()
+    assert result.content == f"<@{world.member_id}> your images are ready."
+    assert "lantern for everyone" in result.embeds[0]["description"]
+    assert len(result.attachments) == 3  # the grid and both images
+    job_id = job_id_of(result)
+    assert f"ib:del:{job_id}:0" in result.custom_ids()  # a public result can be deleted
+    await interaction.wait_for(lambda r: r.original is not None and r.original.deleted)
+    record = await posted_record(world, job_id)
+    assert not record.request.private
+    assert record.message_id == str(result.id)
+    assert (await balance(world)).used == 2
+
+
+async def public_result_of(world: World, prompt: str) -> tuple[Any, str]:
+    result = await final(await imagine(world, prompt))
+    assert result.embeds and not result.ephemeral
+    return result, job_id_of(result)
