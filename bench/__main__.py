@@ -25,6 +25,7 @@ from typing import Any
 
 from bench._e2e import Run, drive, imagine_options
 from bench._proc import ROOT, Child
+from bench._stats import percentile
 from bench._steps import steps_table
 from bench._world import TimedDiscord, TimedProviders, World, populate, small_png
 
@@ -41,15 +42,6 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[min(len(ordered), int(rank)) - 1]
 
 
 # (bot median, bare script median or None, minimal discord.py median or None) ->

@@ -18,6 +18,8 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
+from bench._stats import percentile
+
 # (what the member waits for, "module:Class.method"), in the order of a job.
 STEPS: tuple[tuple[str, str], ...] = (
     ("checks before the acknowledgement", "cogs._service:GenerationService._early_gate"),
@@ -122,6 +124,6 @@ def steps_table(
             lines.append(f"| {label} | – | – | 0 | {floor} |")
             continue
         median = statistics.median(values) * 1000
-        p90 = values[min(len(values) - 1, int(0.9 * len(values)))] * 1000
+        p90 = percentile(values, 90) * 1000
         lines.append(f"| {label} | {median:.2f} | {p90:.2f} | {len(values)} | {floor} |")
     return "\n".join(lines)

@@ -83,8 +83,10 @@ def test_the_table_gives_medians_and_the_bare_scripts_beside() -> None:
         {"upload": [0.007, 0.009]},
         steps,
     )
+    # The 90th percentile is the nearest rank, as every figure of the table's:
+    # the 9th of 10 values, not the largest.
     assert table.splitlines()[2:] == [
         "| ack | 2.00 | 3.00 | 3 | – |",
-        "| upload | 10.00 | 50.00 | 10 | 8.00 |",
+        "| upload | 10.00 | 10.00 | 10 | 8.00 |",
         "| never | – | – | 0 | – |",
     ]
