@@ -119,7 +119,7 @@ class Baseline:
         self, session: aiohttp.ClientSession, token: str, prompt: str, data: bytes
     ) -> None:
         """The image as the interaction's original message, with an embed."""
-        payload = {
+        payload: dict[str, Any] = {
             "content": None,
             "embeds": [
                 {

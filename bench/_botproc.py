@@ -24,7 +24,7 @@ async def main(settings_json: str, log_file: str) -> None:
     from bot.logs import setup_logging
 
     values: dict[str, Any] = json.loads(settings_json)
-    settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, **values)
     with open(log_file, "a", encoding="utf-8") as log_stream:  # noqa: ASYNC230 - at start-up
         setup_logging(settings, stream=log_stream)
         async with open_bot(settings) as bot:

@@ -33,7 +33,7 @@ GUILD = "100000000000000001"
 def _settings(data_dir: Path) -> Any:
     from bot.config import Settings
 
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         _env_file=None,
         data_dir=data_dir,
         default_pool_credits=1_000_000_000,
