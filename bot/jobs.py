@@ -700,6 +700,26 @@ class Pipeline:
         assert last_error is not None
         raise last_error
 
+    async def _failing_over(self, job: Job, provider: str) -> None:
+        """The journal names the provider a restart would poll (the first one
+        was recorded on admission) and forgets the first one's job and links,
+        which a restart must not take for the next one's; and a job whose
+        first results could not be fetched (``_begin_delivery`` ran) counts as
+        in progress again. In one transaction where the journal rides on the
+        ledger's."""
+        # Resumable again once the next provider's job is on record.
+        self._resumable.discard(job.id)
+        fields: dict[str, Any] = {
+            "provider": provider,
+            "provider_job_id": None,
+            "fetch_url": None,
+            "outputs": [],
+        }
+        submitting = self._step(job, "submitting", **fields)
+        await self.ledger.back_in_progress(self._holds[job.id], journal=submitting)
+        if submitting is None:
+            await self._record(job, "submitting", **fields)
+
     def _failover_candidates(self, job: Job) -> list[_Attempt]:
         if not self.settings.failover or job.original.provider is not None:
             return []  # the member chose this provider
@@ -746,9 +766,7 @@ class Pipeline:
             )
         async with self.slots[provider.name].slot(on_position):
             if provider.name != job.provider:
-                # A failover: the journal must name the provider a restart would
-                # poll. The first attempt's provider was recorded on admission.
-                await self._record(job, "submitting", provider=provider.name)
+                await self._failing_over(job, provider.name)
             await _report(delivery, job, Progress(stage=Stage.SUBMITTING))
             with self.observer.provider_call(provider.name):
                 output = await provider.generate(
@@ -771,7 +789,7 @@ class Pipeline:
         single = replace(attempt.request, samples=1)
         reporter = self._progress_reporter(job, delivery)
         if provider.name != job.provider:
-            await self._record(job, "submitting", provider=provider.name)
+            await self._failing_over(job, provider.name)
 
         async def one(index: int) -> ProviderOutput:
             # Queue positions of the first call stand for the job's.

@@ -98,6 +98,13 @@ class Ledger(Protocol):
         and ``journal`` is written with that."""
         ...
 
+    async def back_in_progress(
+        self, reservation: Reservation, *, journal: JournalStep | None = None
+    ) -> None:
+        """``begin_delivery`` undone, for a failover to another provider: the
+        job counts as in progress again. Raises as ``begin_delivery`` does."""
+        ...
+
     async def sweep_expired(self) -> list[Reservation]:
         """Refund what is past its deadline; returns the refunds."""
         ...
@@ -157,6 +164,11 @@ class UnlimitedLedger:
     ) -> None:
         if journal is not None:
             raise ValueError("this ledger keeps no database for a journal to ride on")
+
+    async def back_in_progress(
+        self, reservation: Reservation, *, journal: JournalStep | None = None
+    ) -> None:
+        await self.begin_delivery(reservation, journal=journal)
 
     async def settle(
         self, reservation: Reservation, actual_cost: int, *, journal: JournalStep | None = None

@@ -330,11 +330,14 @@ class PostgresTx:
         )
         return count > 0
 
-    async def mark_delivering(self, reservation_id: str, now: datetime, *, holder: Holder) -> bool:
-        held, params = held_by(holder, "$3")
+    async def mark_delivering(
+        self, reservation_id: str, now: datetime, *, holder: Holder, delivering: bool = True
+    ) -> bool:
+        held, params = held_by(holder, "$4")
         count = await self._run(
-            "UPDATE quota_entries SET delivering = 1, updated_at = $1"  # noqa: S608 - a constant clause
-            f" WHERE reservation_id = $2 AND state = 'reserved'{held}",
+            "UPDATE quota_entries SET delivering = $1, updated_at = $2"  # noqa: S608 - a constant clause
+            f" WHERE reservation_id = $3 AND state = 'reserved'{held}",
+            int(delivering),
             _utc(now),
             reservation_id,
             *params,

@@ -565,9 +565,23 @@ class QuotaService:
         process and stop counting the job as in progress (its image is
         appearing; a member who starts the next one right away is not refused
         for it). The credits stay held until ``settle``."""
+        await self._mark_delivering(reservation, True, journal)
 
+    async def back_in_progress(
+        self, reservation: Reservation, *, journal: JournalStep | None = None
+    ) -> None:
+        """A failover, after ``begin_delivery``: no result of the first provider
+        could be fetched, so the job is in progress again with the next one and
+        counts against the member's jobs in progress until it is delivered."""
+        await self._mark_delivering(reservation, False, journal)
+
+    async def _mark_delivering(
+        self, reservation: Reservation, delivering: bool, journal: JournalStep | None
+    ) -> None:
         async def run(tx: LedgerTx) -> None:
-            if await tx.mark_delivering(reservation.id, self.now(), holder=self.instance):
+            if await tx.mark_delivering(
+                reservation.id, self.now(), holder=self.instance, delivering=delivering
+            ):
                 if journal is not None:
                     await tx.journal(journal)
                 return

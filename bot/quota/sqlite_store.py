@@ -317,12 +317,14 @@ class SqliteTx:
         )
         return count > 0
 
-    async def mark_delivering(self, reservation_id: str, now: datetime, *, holder: Holder) -> bool:
+    async def mark_delivering(
+        self, reservation_id: str, now: datetime, *, holder: Holder, delivering: bool = True
+    ) -> bool:
         held, params = held_by(holder, "?")
         count = self._run(
-            "UPDATE quota_entries SET delivering = 1, updated_at = ?"  # noqa: S608 - a constant clause
+            "UPDATE quota_entries SET delivering = ?, updated_at = ?"  # noqa: S608 - a constant clause
             f" WHERE reservation_id = ? AND state = 'reserved'{held}",
-            (self._db(now), reservation_id, *params),
+            (int(delivering), self._db(now), reservation_id, *params),
         )
         return count > 0
 

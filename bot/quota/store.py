@@ -151,9 +151,12 @@ class LedgerTx(Protocol):
 
     async def reserved_entries(self) -> list[Entry]: ...
 
-    async def mark_delivering(self, reservation_id: str, now: datetime, *, holder: Holder) -> bool:
-        """Mark a ``reserved`` entry as being posted; False if it is not reserved
-        or is held by a process other than ``holder``, as for ``finish_entry``."""
+    async def mark_delivering(
+        self, reservation_id: str, now: datetime, *, holder: Holder, delivering: bool = True
+    ) -> bool:
+        """Mark a ``reserved`` entry as being posted, or (``delivering`` False)
+        as in progress again; False if it is not reserved or is held by a
+        process other than ``holder``, as for ``finish_entry``."""
         ...
 
     async def entries(

@@ -18,7 +18,7 @@ from tests.e2e.conftest import (
     running_bot,
 )
 from tests.e2e.test_generation import final, imagine, job_id_of, opt, settled_balance
-from tests.emulators.providers import Processing
+from tests.emulators.providers import Hang, Processing, ServerError
 
 CHANNEL_MESSAGE = 4
 
@@ -296,6 +296,42 @@ async def test_in_flight_and_global_budget_refusals(emulators, tmp_path):
         assert again.embeds, again.content
         budget = await final(await _run_imagine(discord_emu, ids, ids["moderator_id"], "three"))
         assert "daily generation budget" in budget.content
+    discord_emu.assert_no_violations()
+
+
+async def test_a_job_failing_over_after_its_links_failed_is_still_in_progress(emulators, tmp_path):
+    discord_emu, providers = emulators
+    ids = populate(discord_emu)
+    settings = make_settings(
+        discord_emu, providers, tmp_path / "data", max_jobs_in_flight_per_user=1, failover=True
+    )
+    async with running_bot(settings, discord_emu) as bot:
+        await bot.sync_commands()
+        # ModelsLab makes the image but its link fails (503): the job goes to
+        # Nano Banana Pro, which takes a while.
+        providers.script("file", ServerError(503))
+        providers.script("nbpro", Hang(seconds=3))
+        first = await _run_imagine(discord_emu, ids, ids["member_id"], "a lighthouse")
+        await discord_emu.wait_for(
+            lambda: bool(providers.requests_to("nbpro")), timeout=20, what="the failover"
+        )
+        # Still one job in progress, as the member's limit counts it.
+        busy = await final(await _run_imagine(discord_emu, ids, ids["member_id"], "too soon"))
+        assert "You already have 1 image in progress" in busy.content
+        # A restart now must not fetch ModelsLab's failed link under the next provider.
+        (record,) = [r for r in await bot.jobs.unfinished() if r.request.prompt == "a lighthouse"]
+        assert record.provider == "nanobanana"
+        assert (record.outputs, record.provider_job_id, record.provider_fetch_url) == (
+            (),
+            None,
+            None,
+        )
+
+        result = await final(first, within=30)
+        assert result.embeds, result.content
+        job = job_id_of(result)
+        assert (await bot.jobs.get(job)).provider == "nanobanana"
+        assert len(providers.requests_to("text2img")) == 1
     discord_emu.assert_no_violations()
 
 

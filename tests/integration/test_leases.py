@@ -223,6 +223,29 @@ async def test_a_result_being_posted_is_no_longer_in_progress(
             await ledger.begin_delivery(second)
 
 
+async def test_a_failover_after_a_failed_download_is_in_progress_again(
+    ledger_db: LedgerDb, tmp_path: Path
+) -> None:
+    """The first provider's results could not be fetched: the job goes to the
+    next provider and counts as in progress again, with its credits still held."""
+    async with process(ledger_db, tmp_path) as (jobs, ledger):
+        lease = Lease(jobs, SETTINGS, (ledger,))
+        await lease.acquire()
+        first = await ledger.reserve("g1", "u1", [], 2, "first")
+        await ledger.begin_delivery(first)
+        await ledger.back_in_progress(first)
+        with pytest.raises(QuotaRefused, match="1 image in progress"):
+            await ledger.reserve("g1", "u1", [], 2, "too-soon")
+        assert (await ledger.balance("g1")).guild.reserved == 2
+        await ledger.begin_delivery(first)  # the next provider's results arrive
+        second = await ledger.reserve("g1", "u1", [], 2, "next")
+        await ledger.settle(first, 2)
+        await ledger.refund(second, "test")
+        # A hold that ended cannot go back to a provider either.
+        with pytest.raises(DeliveryError):
+            await ledger.back_in_progress(second)
+
+
 async def test_gone_instances_are_forgotten_once_they_own_nothing(
     ledger_db: LedgerDb, tmp_path: Path
 ) -> None:
