@@ -434,12 +434,6 @@ class JobStore:
             ),
         )
 
-    async def mark_failed(self, job_id: str, reason: str) -> None:
-        await self._db.execute(
-            "UPDATE jobs SET status = 'failed', error = ?, updated_at = ? WHERE id = ?",
-            (reason[:500], _now(), job_id),
-        )
-
     # --- leases (bot.lease) ----------------------------------------------------
     async def register_instance(
         self, instance: str, host: str, pid: int, now: float, expires: float

@@ -270,7 +270,7 @@ async def test_gone_instances_are_forgotten_once_they_own_nothing(
         # owned by it, until RESERVATION_TIMEOUT.
         jobs_held, ledger_held, held = await start()
         held_job = await start_job(jobs_held, ledger_held, user="held")
-        await jobs_held.mark_failed(held_job.id, "the refund was lost")
+        await jobs_held.record(held_job, "failed", error="the refund was lost")
         for gone in (idle, busy, held):
             await expire(ledger_db, gone.id or "")
         _, ledger_adopter, adopter = await start()

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiosqlite
 import asyncpg  # type: ignore[import-untyped]
 
+from bot.jobs import Job
 from bot.jobstore import JobStore
 from bot.models import GenerationRequest, Mode, Requester
 from bot.quota import Balances, QuotaPolicy, QuotaService, ThresholdEvent, store_for_url
@@ -62,7 +63,9 @@ async def write_sqlite(path: Path) -> None:
                 idempotency_key=f"interaction-{n}",
             )
             assert await jobs.record_accepted(f"job-{n}", request, "modelslab", 1)
-        await jobs.mark_failed("job-2", "provider down")
+            if n == 2:
+                job = Job(f"job-{n}", request, request, "modelslab", 1, 1, started_at=0.0)
+                await jobs.record(job, "failed", error="provider down")
         await jobs.allow_channel("g1", "c1", "mod")
         await jobs.allow_channel("g1", "c2", "mod")
         await jobs.set_log_channel("g1", "c9")
