@@ -547,6 +547,7 @@ class Pipeline:
         delivery: Delivery,
         produce: Callable[[], Awaitable[JobResult]],
     ) -> JobOutcome:
+        result: JobResult | None = None
         try:
             result = await self._until_cancelled(job, produce)
             charged = min(result.credits_charged, reservation.cost)
@@ -564,6 +565,9 @@ class Pipeline:
         except BotError as error:
             log.info("job %s failed: %s", job.id, type(error).__name__)
             self.observer.job_ended(job, "failed", error=error)
+            if result is not None:
+                # Kept, but in no message: no button will read them soon.
+                self.store.release_cache(result.images)
             await self._refund(reservation, f"{type(error).__name__}: {error.user_message}")
             await self._end_unmade(delivery, job, error)
             return JobOutcome(job=job, error=error)

@@ -132,9 +132,10 @@ class ImageStore:
         return final
 
     def release_cache(self, images: Iterable[ResultImage]) -> None:
-        """The page cache of delivered originals kept on disk, given back
-        (``bot.images.uncached``). Not awaited: nothing waits on a hint to the
-        kernel, and a job that has delivered must not be held up by one."""
+        """The page cache of originals kept on disk and done with (delivered, or
+        in no message), given back (``bot.images.uncached``). Not awaited:
+        nothing waits on a hint to the kernel, and a job that has ended must
+        not be held up by one."""
         paths = [image.path for image in images if image.data is None and image.path]
         if paths:
             # A loop whose executor is already shut down (the very end of a

@@ -435,6 +435,36 @@ async def test_delivered_large_originals_give_their_page_cache_back(
     assert [len(data) for data in kept] == [image.nbytes for image in images]
 
 
+@dataclass
+class UploadRefusedAfterTheDisk(UploadOutlastingTheDisk):
+    """As long an upload, which Discord then refuses; what it was given is noted."""
+
+    given: list[ResultImage] = field(default_factory=list)
+
+    async def deliver(self, job: Job, result: JobResult) -> None:
+        self.given.extend(result.images)
+        self.refuse_delivery = True
+        await super().deliver(job, result)
+
+
+async def test_originals_of_an_undelivered_job_give_their_page_cache_back_too(
+    make_runtime, emu, monkeypatch, tmp_path
+):
+    """No message carries them, so no button will read them soon: a refused
+    upload leaves the originals on disk, refunded, and out of the page cache."""
+    if not cache_can_be_dropped(tmp_path):
+        pytest.skip("this filesystem keeps its pages")
+    monkeypatch.setattr(Incoming, "IN_MEMORY_BYTES", 1000)
+    runtime = await make_runtime()
+    delivery = UploadRefusedAfterTheDisk()
+    outcome = await runtime.pipeline.run(text_request("refused", samples=2), delivery)
+    assert not outcome.ok and isinstance(delivery.failures[0], DeliveryError)
+    paths = [image.path for image in delivery.given if image.path and image.data is None]
+    assert len(paths) == 2
+    assert await until_uncached(paths) == [0, 0]
+    assert await guild_used(runtime) == (0, 0)
+
+
 def hidden_files(paths: list[str | None]) -> list[str]:
     assert paths[0] is not None
     return [p.name for p in Path(paths[0]).parent.iterdir() if p.name.startswith(".")]
