@@ -356,15 +356,25 @@ class DiscordDelivery:
             return message
         channel = self._channel()
         requester = discord.Object(id=int(job.request.requester.user_id))
-        message = await channel.send(
-            content=f"<@{requester.id}> your images are ready.",
-            embed=embed,
-            files=await to_files(uploads),
-            view=view,
-            allowed_mentions=discord.AllowedMentions(
-                users=[requester], everyone=False, roles=False
-            ),
-        )
+        try:
+            message = await channel.send(
+                content=f"<@{requester.id}> your images are ready.",
+                embed=embed,
+                files=await to_files(uploads),
+                view=view,
+                allowed_mentions=discord.AllowedMentions(
+                    users=[requester], everyone=False, roles=False
+                ),
+            )
+        except discord.Forbidden:
+            if self.interaction is None or self._expiring():
+                raise
+            # The bot may not post in this channel, where an interaction's own
+            # answer needs no permission: the private "thinking…" gets the
+            # images rather than the member none.
+            log.warning("job %s: may not post in the channel; answering privately", job.id)
+            self.private = True
+            return await self._send_first(job, embed, uploads, view)
         await self._drop_placeholder()
         return message
 

@@ -231,6 +231,21 @@ async def test_a_public_result_reaches_the_channel_when_the_early_checks_run_out
     assert (await balance(world)).used == 2
 
 
+async def test_a_public_result_the_channel_refuses_reaches_the_member_privately(
+    world: World, monkeypatch
+):
+    """The bot may not post in the channel (no Send Messages there), which the
+    interaction's own answer does not need: the member still gets the images."""
+    import cogs._service
+
+    monkeypatch.setattr(cogs._service, "EARLY_CHECKS_BUDGET", 0)
+    world.discord.channels_closed_to_bot.add(world.channel_id)
+    result = await final(await imagine(world, "a lantern for everyone"))
+    assert result.ephemeral and result.embeds and result.attachments
+    assert not [m for m in world.discord.channel_messages(world.channel_id) if not m.ephemeral]
+    assert (await balance(world)).used == 1
+
+
 async def public_result_of(world: World, prompt: str) -> tuple[Any, str]:
     result = await final(await imagine(world, prompt))
     assert result.embeds and not result.ephemeral

@@ -1174,6 +1174,10 @@ class DiscordEmulator:
         self.dm_channels: dict[int, Channel] = {}  # by recipient id
         # Members who closed their DMs to the bot: messages to them answer 403 50007.
         self.dms_closed: set[int] = set()
+        # Channels where the bot lacks Send Messages: its own messages there answer
+        # 403 50013, while interaction responses and follow-ups, which need no
+        # channel permission, still go through, as on Discord.
+        self.channels_closed_to_bot: set[int] = set()
         self.messages: dict[int, MessageRecord] = {}
         self.attachments: dict[int, AttachmentRecord] = {}
         self.interactions: dict[int, InteractionRecord] = {}
@@ -3593,6 +3597,8 @@ class DiscordEmulator:
         body = ctx.body if isinstance(ctx.body, dict) else {}
         if channel.recipient is not None and channel.recipient.id in self.dms_closed:
             raise DiscordAPIError(403, CANNOT_MESSAGE_USER, "Cannot send messages to this user")
+        if channel.id in self.channels_closed_to_bot:
+            raise DiscordAPIError(403, 50013, "Missing Permissions")
         self._check_uploads(ctx.files, self._upload_limit(channel))
         message = self._new_message(channel, author=self.bot_user)
         self._apply_message_payload(message, body, ctx.files, creating=True)
