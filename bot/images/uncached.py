@@ -11,9 +11,9 @@ the file is written through the cache as before.
 A large result downloaded into the store goes through the cache instead: its
 job reads it back (the checks, the image work, perhaps the upload). Its pages
 are written out early (``start_writeback``) and given back once the job has
-delivered it, or failed to (``drop_cached``), so that the next job's download fills recycled
-pages rather than fresh ones, and a container's memory limit is not spent on
-cold originals (bench/RESULTS.md, round 8).
+delivered it, or failed to (``drop_cached``), so that the next job's download
+fills recycled pages rather than fresh ones, and a container's memory limit is
+not spent on cold originals (bench/RESULTS.md, round 8).
 """
 
 from __future__ import annotations
