@@ -308,9 +308,10 @@ async def test_a_job_failing_over_after_its_links_failed_is_still_in_progress(em
     async with running_bot(settings, discord_emu) as bot:
         await bot.sync_commands()
         # ModelsLab makes the image but its link fails (503): the job goes to
-        # Nano Banana Pro, which takes a while.
+        # Nano Banana Pro, which takes long enough for the member's next command
+        # to be answered meanwhile, however loaded the machine.
         providers.script("file", ServerError(503))
-        providers.script("nbpro", Hang(seconds=3))
+        providers.script("nbpro", Hang(seconds=6))
         first = await _run_imagine(discord_emu, ids, ids["member_id"], "a lighthouse")
         await discord_emu.wait_for(
             lambda: bool(providers.requests_to("nbpro")), timeout=20, what="the failover"
