@@ -167,8 +167,10 @@ class DiscordDelivery:
         self.interaction = interaction
         # Results for the requester alone (their /settings, where the guild allows).
         self.private = private
-        # Whether "thinking…" was for the requester alone: a public result is
-        # then posted in the channel rather than into it (``answer_privately``).
+        # Whether "thinking…" was for the requester alone. ``private`` may be
+        # settled later (the member checks ran out of time before the
+        # acknowledgement): a public result is then posted in the channel,
+        # mentioning them, rather than into the private placeholder.
         self._private_placeholder = private
         self.channel_id = channel_id or (interaction.channel_id if interaction else None)
         # The deferred reply already says the bot is thinking, so the first
@@ -183,12 +185,6 @@ class DiscordDelivery:
         # these, and for no line still in its grace.
         self._lines_on_their_way: set[asyncio.Task[None]] = set()
         self._dm: discord.DMChannel | None = None
-
-    def answer_privately(self, private: bool) -> None:
-        """The member's choice, read only once acknowledged (privately, as the
-        early checks ran out of time). A public result then goes to the channel,
-        mentioning them, and the private "thinking…" is removed."""
-        self.private = private
 
     def _in_placeholder(self) -> bool:
         """Whether the answer can replace "thinking…": the token is alive and

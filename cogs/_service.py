@@ -125,7 +125,7 @@ class GenerationService:
         # Out of time, the member's choice is unknown: acknowledged privately,
         # since a private result must never show in the channel, not even as
         # "thinking…". The checks run again once acknowledged, and the result
-        # goes where the member chose (``DiscordDelivery.answer_privately``).
+        # goes where the member chose (``DiscordDelivery._private_placeholder``).
         private = gate.private if gate is not None else True
         if not await self._acknowledge(interaction, private=private):
             return None
@@ -233,7 +233,7 @@ class GenerationService:
                 ):
                     return None
                 # Acknowledged privately while the choice was unknown: now known.
-                delivery.answer_privately(gate.private)
+                delivery.private = gate.private
                 request = replace(request, private=gate.private)
             # Bans are the ledger's to refuse from here on, at the reservation.
             refusal = gate.channel_refusal(_channel_id(interaction))

@@ -56,8 +56,8 @@ async def refused_privately(press: InteractionRecord) -> str:
     return str(callback.data["content"])
 
 
-async def public_result(world: World, prompt: str) -> tuple[MessageRecord, str]:
-    result = await final(await imagine(world, prompt, samples=2))
+async def public_result(world: World, prompt: str, samples: int = 2) -> tuple[MessageRecord, str]:
+    result = await final(await imagine(world, prompt, samples=samples))
     assert result.embeds and not result.ephemeral, result.content
     return result, job_id_of(result)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.e2e.conftest import World
+from tests.e2e.test_button_checks import public_messages, public_result
 from tests.e2e.test_generation import final, imagine, job_id_of, opt, posted_record
 from tests.e2e.test_history_help import slash
 from tests.e2e.test_member import EPHEMERAL, balance, press
@@ -174,7 +175,7 @@ async def test_a_private_choice_is_kept_when_the_early_checks_run_out_of_time(
     import cogs._service
 
     me = world.member_id
-    made_public, job_id = await public_result_of(world, "a harbour at noon")
+    made_public, job_id = await public_result(world, "a harbour at noon", samples=1)
     await moderation(world, "private-results", world.moderator_id, opt("allowed", True, 5))
     page = await open_settings(world)
     await press(world, page, f"is:private:{me}:1", me)
@@ -194,9 +195,8 @@ async def test_a_private_choice_is_kept_when_the_early_checks_run_out_of_time(
     again = await final(reroll)
     assert again.ephemeral and again.embeds
 
-    public = world.discord.channel_messages(world.channel_id, include_deleted=True)
-    seen = [m for m in public if not m.ephemeral and m.id != made_public.id]
-    assert not seen, [m.to_payload() for m in seen]
+    seen = [(mid, text) for mid, text in public_messages(world) if mid != made_public.id]
+    assert not seen
     assert (await balance(world)).used == 3
 
 
@@ -244,9 +244,3 @@ async def test_a_public_result_the_channel_refuses_reaches_the_member_privately(
     assert result.ephemeral and result.embeds and result.attachments
     assert not [m for m in world.discord.channel_messages(world.channel_id) if not m.ephemeral]
     assert (await balance(world)).used == 1
-
-
-async def public_result_of(world: World, prompt: str) -> tuple[Any, str]:
-    result = await final(await imagine(world, prompt))
-    assert result.embeds and not result.ephemeral
-    return result, job_id_of(result)
