@@ -723,8 +723,10 @@ async def test_autocomplete_round_trip_and_discords_limits(harness: HarnessFacto
         )
         await too_many.wait_for(lambda r: bool(r.rejections or r.callbacks))
         assert too_many.rejections and too_many.autocomplete_choices is None
-        # The OpenAPI check sees it too; it is the point here, not a problem.
-        assert any("26 items exceed maxItems 25" in v for v in h.emu.spec_violations)
+        # The OpenAPI check sees it too, where the spec is checked out (always
+        # under CI); it is the point here, not a problem.
+        if h.emu.spec is not None:
+            assert any("26 items exceed maxItems 25" in v for v in h.emu.spec_violations)
         h.emu.spec_violations.clear()
         # Discord asks only about options declared with autocomplete.
         with pytest.raises(LookupError, match="no autocomplete option 'plain'"):
